@@ -1,0 +1,95 @@
+"""A LightningDataModule over in-memory tensors with seeded train/val/test splits."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from .sampling import EpochSeededSampler, samples_per_class_subset, stratified_split
+
+
+class SplitDataModule(L.LightningDataModule):
+    """Base class: subclasses provide ``(train_pool, test)`` datasets and their labels.
+
+    Validation is carved from the training pool (stratified, by ``seed``); ``samples_per_class``
+    then draws a low-shot training set from what is left, so the test set never changes with K.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.1,
+        samples_per_class: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} is invalid: it must be an int >= 1.")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction={val_fraction!r} is invalid: allowed is [0, 1).")
+        if samples_per_class is not None and samples_per_class < 1:
+            raise ValueError(
+                f"samples_per_class={samples_per_class!r} is invalid: an int >= 1 or None."
+            )
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers!r} is invalid: it must be >= 0.")
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.samples_per_class = samples_per_class
+        self.seed = seed
+        self.num_workers = num_workers
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # -- subclass API -------------------------------------------------------------------
+    def load_pool_and_test(self) -> tuple[Dataset, Tensor, Dataset]:
+        """Return ``(train_pool, train_pool_labels, test_set)``."""
+        raise NotImplementedError
+
+    # -- Lightning hooks ----------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        pool, labels, test = self.load_pool_and_test()
+        train_idx, val_idx = stratified_split(labels, self.val_fraction, self.seed)
+        if self.samples_per_class is not None:
+            chosen = samples_per_class_subset(labels[train_idx], self.samples_per_class, self.seed)
+            train_idx = train_idx[chosen]
+        self.train_indices, self.val_indices = train_idx, val_idx
+        self.train_set = Subset(pool, train_idx.tolist())
+        self.val_set = Subset(pool, val_idx.tolist()) if val_idx.numel() else None
+        self.test_set = test
+
+    def _loader(self, dataset: Dataset, sampler: EpochSeededSampler | None = None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup() first"
+        return self._loader(self.train_set, EpochSeededSampler(len(self.train_set), self.seed))
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set) if self.val_set is not None else []
+
+    def test_dataloader(self) -> DataLoader:
+        assert self.test_set is not None, "call setup() first"
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+
+def tensor_dataset(images: Tensor, labels: Tensor) -> TensorDataset:
+    """A dataset of float images in [0, 1] and int64 labels."""
+    return TensorDataset(images.float().contiguous(), labels.long())
+
+
+__all__ = ["SplitDataModule", "tensor_dataset"]

@@ -1,0 +1,7 @@
+"""Plain-torch building blocks (no Lightning import)."""
+
+from .activations import KWinnersTakeAll
+from .dale import DaleConv2d, DaleLinear
+from .models import BioConvNet, BioMLP, InputNormalization
+
+__all__ = ["BioConvNet", "BioMLP", "DaleConv2d", "DaleLinear", "InputNormalization", "KWinnersTakeAll"]

@@ -1,0 +1,187 @@
+"""Small model factories built from Dale layers.  Any ``nn.Module`` works with the rules;
+these exist so that one command gives a biologically constrained network."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .activations import KWinnersTakeAll
+from .dale import DaleConv2d, DaleLinear, Parametrization
+
+
+class InputNormalization(nn.Module):
+    """``(x - mean) / std`` with per-channel constants, so models accept raw [0, 1] images.
+
+    Keeping normalisation inside the model is what adversarial attack libraries expect: the
+    attack's ε is then measured in pixel units.
+    """
+
+    def __init__(self, mean: float | Sequence[float], std: float | Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        if (std_t <= 0).any():
+            raise ValueError(f"std={std!r} is invalid: every entry must be > 0.")
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("std", std_t)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def _check_input(x: Tensor, input_shape: tuple[int, ...], model: str) -> Tensor:
+    if tuple(x.shape[1:]) == input_shape:
+        return x
+    if x.ndim == 2 and x.shape[1] == math.prod(input_shape):
+        return x.view(x.shape[0], *input_shape)
+    raise ValueError(
+        f"{model} expected input of shape (N, {', '.join(map(str, input_shape))}) "
+        f"(or flattened (N, {math.prod(input_shape)})), got {tuple(x.shape)}."
+    )
+
+
+def _activation(sparsity: float) -> nn.Module:
+    return KWinnersTakeAll(sparsity) if sparsity > 0 else nn.ReLU()
+
+
+def _check_positive_ints(name: str, values: Sequence[int]) -> None:
+    if any(int(v) < 1 for v in values):
+        raise ValueError(f"{name}={list(values)!r} is invalid: every entry must be an int >= 1.")
+
+
+class BioMLP(nn.Module):
+    """Multi-layer perceptron of :class:`DaleLinear` layers with optional k-WTA sparsity.
+
+    Args:
+        input_shape: Shape of one input sample, e.g. ``(1, 28, 28)``; flat inputs are accepted.
+        num_classes: Number of output units.
+        hidden_sizes: Width of each hidden layer (depth = its length).
+        inhibitory_fraction: Fraction of inhibitory presynaptic units per layer, in [0, 1).
+        parametrization: ``"exp"`` (Dale's law by construction) or ``"plain"``.
+        sparsity: Fraction of hidden units silenced by k-WTA; 0 uses a plain ReLU.
+        dale: Use Dale layers (True) or ``nn.Linear`` (False, for ablations).
+        init_sigma: Standard deviation of the lognormal initialisation's ``log|w|``.
+        input_mean: Normalisation mean (scalar or per channel) for [0, 1] inputs.
+        input_std: Normalisation std (scalar or per channel).
+        seed: Optional seed for a reproducible architecture (signs and initial weights).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 8, 8),
+        num_classes: int = 10,
+        hidden_sizes: Sequence[int] = (256,),
+        inhibitory_fraction: float = 0.2,
+        parametrization: Parametrization = "exp",
+        sparsity: float = 0.0,
+        dale: bool = True,
+        init_sigma: float = 0.5,
+        input_mean: float | Sequence[float] = 0.5,
+        input_std: float | Sequence[float] = 0.5,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        _check_positive_ints("input_shape", self.input_shape)
+        _check_positive_ints("hidden_sizes", list(hidden_sizes))
+        _check_positive_ints("num_classes", [num_classes])
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.normalize = InputNormalization(input_mean, input_std)
+        sizes = [math.prod(self.input_shape), *[int(h) for h in hidden_sizes], num_classes]
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            if dale:
+                layers.append(
+                    DaleLinear(n_in, n_out, inhibitory_fraction=inhibitory_fraction,
+                               parametrization=parametrization, init_sigma=init_sigma,
+                               generator=generator)
+                )  # fmt: skip
+            else:
+                layers.append(nn.Linear(n_in, n_out))
+            if i < len(sizes) - 2:
+                layers.append(_activation(sparsity))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.normalize(_check_input(x, self.input_shape, type(self).__name__))
+        return self.layers(x.flatten(1))
+
+
+class BioConvNet(nn.Module):
+    """Convolutional network of :class:`DaleConv2d` blocks (conv → activation → 2×2 max-pool),
+    then a Dale hidden layer and a Dale readout.
+
+    Args:
+        input_shape: ``(C, H, W)`` of one sample.
+        num_classes: Number of output units.
+        channels: Output channels of each conv block.
+        hidden_size: Width of the fully connected hidden layer (0 to skip it).
+        inhibitory_fraction: Fraction of inhibitory presynaptic units per layer, in [0, 1).
+        parametrization: ``"exp"`` (Dale's law by construction) or ``"plain"``.
+        sparsity: Fraction of units silenced by k-WTA; 0 uses a plain ReLU.
+        dale: Use Dale layers (True) or standard torch layers (False).
+        init_sigma: Standard deviation of the lognormal initialisation's ``log|w|``.
+        input_mean: Normalisation mean (scalar or per channel).
+        input_std: Normalisation std (scalar or per channel).
+        seed: Optional seed for a reproducible architecture.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 10,
+        channels: Sequence[int] = (32, 64),
+        hidden_size: int = 128,
+        inhibitory_fraction: float = 0.2,
+        parametrization: Parametrization = "exp",
+        sparsity: float = 0.0,
+        dale: bool = True,
+        init_sigma: float = 0.5,
+        input_mean: float | Sequence[float] = 0.5,
+        input_std: float | Sequence[float] = 0.5,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        if len(self.input_shape) != 3:
+            raise ValueError(f"input_shape={list(input_shape)!r} is invalid: expected (C, H, W).")
+        _check_positive_ints("input_shape", self.input_shape)
+        _check_positive_ints("channels", list(channels))
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.normalize = InputNormalization(input_mean, input_std)
+        c, h, w = self.input_shape
+        features: list[nn.Module] = []
+        for out_c in channels:
+            if dale:
+                features.append(
+                    DaleConv2d(c, out_c, 3, padding=1, inhibitory_fraction=inhibitory_fraction,
+                               parametrization=parametrization, init_sigma=init_sigma,
+                               generator=generator)
+                )  # fmt: skip
+            else:
+                features.append(nn.Conv2d(c, out_c, 3, padding=1))
+            features += [_activation(sparsity), nn.MaxPool2d(2)]
+            c, h, w = out_c, h // 2, w // 2
+        self.features = nn.Sequential(*features)
+        sizes = [c * h * w] + ([hidden_size] if hidden_size > 0 else []) + [num_classes]
+        head: list[nn.Module] = [nn.Flatten()]
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            if dale:
+                head.append(
+                    DaleLinear(n_in, n_out, inhibitory_fraction=inhibitory_fraction,
+                               parametrization=parametrization, init_sigma=init_sigma,
+                               generator=generator)
+                )  # fmt: skip
+            else:
+                head.append(nn.Linear(n_in, n_out))
+            if i < len(sizes) - 2:
+                head.append(_activation(sparsity))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.normalize(_check_input(x, self.input_shape, type(self).__name__))
+        return self.head(self.features(x))
