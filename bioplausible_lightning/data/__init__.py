@@ -13,3 +13,14 @@ __all__ = [
     "stratified_split",
     "tensor_dataset",
 ]
+
+from .cifar import CIFAR10DataModule, ImageFolderDataModule, load_image_folder  # noqa: E402
+from .mnist import MNISTDataModule, UInt8ImageDataset  # noqa: E402
+
+__all__ += [
+    "CIFAR10DataModule",
+    "ImageFolderDataModule",
+    "MNISTDataModule",
+    "UInt8ImageDataset",
+    "load_image_folder",
+]

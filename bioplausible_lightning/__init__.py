@@ -1,0 +1,25 @@
+"""bioplausible-lightning: backprop-free, biologically plausible learning for PyTorch Lightning."""
+
+from .data import DigitsDataModule
+from .module import BackpropModule, ClassifierModule, PerturbationModule
+from .nn import BioConvNet, BioMLP, DaleConv2d, DaleLinear, InputNormalization, KWinnersTakeAll
+from .rules import NodePerturbation, PerturbationRule, RuleOutput, WeightPerturbation
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackpropModule",
+    "BioConvNet",
+    "BioMLP",
+    "ClassifierModule",
+    "DaleConv2d",
+    "DaleLinear",
+    "DigitsDataModule",
+    "InputNormalization",
+    "KWinnersTakeAll",
+    "NodePerturbation",
+    "PerturbationModule",
+    "PerturbationRule",
+    "RuleOutput",
+    "WeightPerturbation",
+]

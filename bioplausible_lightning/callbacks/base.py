@@ -1,0 +1,173 @@
+"""What the three monitors share: when to sample, which layers, where results go.
+
+A monitor samples every ``log_every_n_steps`` training batches and at the end of every
+training epoch, on rank zero only.  Results go to every logger the Trainer has (Lightning's
+``log_metrics``, as ``LearningRateMonitor`` does) and into :attr:`Monitor.history`, so a
+Trainer without a logger loses nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import nn
+
+from ..metrics.layers import type_names
+
+
+def logger_step(trainer: pl.Trainer) -> int:
+    """The step Lightning's own ``self.log`` uses, so monitor rows line up with the loss."""
+    loop = getattr(trainer.fit_loop, "epoch_loop", None)
+    return int(getattr(loop, "_batches_that_stepped", trainer.global_step))
+
+
+def check_interval(log_every_n_steps: int | None) -> int | None:
+    if log_every_n_steps is not None and (
+        isinstance(log_every_n_steps, bool)
+        or not isinstance(log_every_n_steps, int)
+        or log_every_n_steps < 1
+    ):
+        raise ValueError(
+            f"log_every_n_steps={log_every_n_steps!r} is invalid: allowed is an int >= 1, "
+            "or None to sample only at epoch ends."
+        )
+    return log_every_n_steps
+
+
+def check_types(layer_types: Sequence[type] | None, default: tuple[type, ...]) -> tuple[type, ...]:
+    if layer_types is None:
+        return default
+    types = tuple(layer_types) if isinstance(layer_types, (list, tuple)) else (layer_types,)
+    if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
+        raise ValueError(
+            f"layer_types={layer_types!r} is invalid: allowed is a non-empty sequence of "
+            "nn.Module subclasses (e.g. (nn.Linear, nn.Conv2d)), or None for the default."
+        )
+    return types
+
+
+def check_pattern(name_pattern: str | None) -> re.Pattern[str] | None:
+    if name_pattern is None:
+        return None
+    try:
+        return re.compile(name_pattern)
+    except (re.error, TypeError) as err:
+        raise ValueError(
+            f"name_pattern={name_pattern!r} is invalid: allowed is a regular expression "
+            f"(matched with re.search against module names) or None ({err})."
+        ) from None
+
+
+class Monitor(Callback):
+    """Base class: interval, layer selection, logging and history.
+
+    Subclasses implement :meth:`collect`, returning ``{key: value}`` for one sample.
+
+    Attributes:
+        history: One dict per sample: ``step``, ``epoch`` and every logged key.
+        latest: The most recent value of every key logged so far.
+    """
+
+    #: Types selected when the user passes ``layer_types=None``.
+    default_types: tuple[type[nn.Module], ...] = ()
+
+    def __init__(
+        self,
+        log_every_n_steps: int | None,
+        log_on_epoch_end: bool,
+        layer_types: Sequence[type[nn.Module]] | None,
+        name_pattern: str | None,
+    ) -> None:
+        self.log_every_n_steps = check_interval(log_every_n_steps)
+        self.log_on_epoch_end = bool(log_on_epoch_end)
+        self.layer_types = check_types(layer_types, self.default_types)
+        self.name_pattern = check_pattern(name_pattern)
+        self.history: list[dict[str, float]] = []
+        self.latest: dict[str, float] = {}
+        self.layers: list[tuple[str, nn.Module]] = []
+        self._batches_seen = 0
+        self._last_sample: int | None = None
+        self._warned = False
+
+    # -- selection ------------------------------------------------------------------------
+    def accepts(self, module: nn.Module) -> bool:
+        """Extra per-module condition (e.g. "has a weight"); all by default."""
+        return True
+
+    def select_layers(self, pl_module: nn.Module) -> list[tuple[str, nn.Module]]:
+        """Named submodules matching ``layer_types``, ``name_pattern`` and :meth:`accepts`."""
+        return [
+            (name, module)
+            for name, module in pl_module.named_modules()
+            if name
+            and isinstance(module, self.layer_types)
+            and (self.name_pattern is None or self.name_pattern.search(name))
+            and self.accepts(module)
+        ]
+
+    def searched_for(self) -> str:
+        pattern = (
+            "any name"
+            if self.name_pattern is None
+            else f"names matching {self.name_pattern.pattern!r}"
+        )
+        return f"modules of type ({type_names(self.layer_types)}) with {pattern}"
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.layers = self.select_layers(pl_module)
+        if not self.layers and not self._warned:
+            self._warned = True
+            rank_zero_warn(
+                f"{type(self).__name__} found no layer to monitor in {type(pl_module).__name__}: "
+                f"searched for {self.searched_for()}. Pass `layer_types`/`name_pattern`"
+                " (or `weight_getter`) matching your model; nothing will be logged.",
+                category=UserWarning,
+            )
+
+    # -- when -----------------------------------------------------------------------------
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        self._batches_seen += 1
+        n = self.log_every_n_steps
+        if n is not None and (logger_step(trainer) + 1) % n == 0:
+            self.sample(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.log_on_epoch_end:
+            self.sample(trainer, pl_module)
+
+    def sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Collect and log now, unless on another rank, nothing is selected, or the weights
+        have not changed since the last sample."""
+        if not trainer.is_global_zero or not self.layers or self._last_sample == self._batches_seen:
+            return
+        metrics = self.collect(trainer, pl_module)
+        if metrics:
+            self._last_sample = self._batches_seen
+            self.record(trainer, metrics)
+
+    def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        raise NotImplementedError
+
+    # -- where ----------------------------------------------------------------------------
+    def record(self, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+        """Keep ``metrics`` in :attr:`history` and send them to every logger."""
+        step = logger_step(trainer)
+        self.history.append({"step": step, "epoch": trainer.current_epoch, **metrics})
+        self.latest.update(metrics)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    def values(self, key: str) -> list[float]:
+        """Every recorded value of ``key``, in order (for plots and tests)."""
+        return [row[key] for row in self.history if key in row]
+
+
+__all__ = ["Monitor", "check_interval", "check_pattern", "check_types", "logger_step"]

@@ -1,0 +1,216 @@
+"""The protocol every learning rule follows, and the machinery the two rules share.
+
+A rule evaluates the model on several perturbed copies of one mini-batch *in a single
+forward pass* (the batch is replicated; forward hooks add each replica's perturbation to
+the layer outputs, so the weights themselves are never modified), turns the loss
+differences into a gradient estimate, and *adds* it into ``p.grad``.  The user's torch
+optimizer then steps, so schedulers, clipping and accumulation work as usual.  No
+``backward()`` or ``torch.autograd.grad`` is ever called: everything runs under
+``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from ..losses import PerSampleLoss
+from .layers import find_target_layers
+
+Estimator = Literal["antithetic", "forward"]
+NoiseKind = Literal["gaussian", "rademacher"]
+
+
+@dataclass
+class RuleOutput:
+    """What one estimate measured.
+
+    Attributes:
+        loss: Mean loss of the batch (the average over perturbed replicas, which equals the
+            unperturbed loss up to O(σ²) for antithetic pairs, or the clean replica's loss).
+        logits: Logits for the batch, ``(B, C)`` (averaged over replicas likewise).
+        finite: False when some replica's loss was not finite; then no ``.grad`` was written.
+    """
+
+    loss: Tensor
+    logits: Tensor
+    finite: bool
+
+
+def check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and value > 0):
+        raise ValueError(f"{name}={value!r} is invalid: it must be a number > 0.")
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is invalid: allowed values are {tuple(allowed)}.")
+
+
+def check_min_int(name: str, value: int, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r} is invalid: it must be an int >= {minimum}.")
+
+
+def sample_noise(
+    shape: Sequence[int], kind: str, generator: torch.Generator, like: Tensor
+) -> Tensor:
+    """Zero-mean, unit-variance noise of ``shape`` on ``like``'s device and dtype."""
+    if kind == "rademacher":
+        bits = torch.randint(0, 2, tuple(shape), generator=generator, device=like.device)
+        return bits.to(like.dtype).mul_(2).sub_(1)
+    return torch.randn(tuple(shape), generator=generator, device=like.device, dtype=like.dtype)
+
+
+class PerturbationRule:
+    """Base class: replicate, perturb through hooks, measure per-sample losses, estimate.
+
+    Args:
+        sigma: Perturbation scale (> 0).
+        num_directions: Independent perturbations averaged per step (>= 1).
+        estimator: ``"antithetic"`` — (f(+σz) − f(−σz)) / 2σ, half the variance for the same
+            two passes — or ``"forward"`` — (f(+σz) − f(0)) / σ.
+        noise: ``"gaussian"`` or ``"rademacher"`` (±1: cheaper to draw, same variance).
+        layers: Optional ``fnmatch`` patterns of module names to train; default all
+            supported layers (Linear, Conv2d, DaleLinear, DaleConv2d).
+        seed: Seed of the rule's own generator (its state is saved in checkpoints).
+    """
+
+    def __init__(
+        self,
+        sigma: float,
+        num_directions: int = 1,
+        estimator: Estimator = "antithetic",
+        noise: NoiseKind = "gaussian",
+        layers: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        check_positive("sigma", sigma)
+        check_min_int("num_directions", num_directions, 1)
+        check_choice("estimator", estimator, ("antithetic", "forward"))
+        check_choice("noise", noise, ("gaussian", "rademacher"))
+        self.sigma = float(sigma)
+        self.num_directions = num_directions
+        self.estimator = estimator
+        self.noise = noise
+        self.layers = list(layers) if layers is not None else None
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self._pending_state: Tensor | None = None
+        self._targets: list[tuple[str, nn.Module]] | None = None
+        self._targets_of: int | None = None
+
+    # -- replicas ------------------------------------------------------------------------
+    @property
+    def replicas_per_block(self) -> int:
+        """Replicas one set of directions needs: 2K (antithetic) or K + 1 (forward)."""
+        k = self.num_directions
+        return 2 * k if self.estimator == "antithetic" else k + 1
+
+    def replica_signs(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``(direction index, sign)`` of each replica in a block; the clean replica has sign 0."""
+        k = self.num_directions
+        if self.estimator == "antithetic":
+            direction = torch.arange(k, device=device).repeat_interleave(2)
+            sign = torch.tensor([1.0, -1.0], device=device, dtype=dtype).repeat(k)
+        else:
+            direction = torch.cat([torch.zeros(1, device=device, dtype=torch.long),
+                                   torch.arange(k, device=device)])  # fmt: skip
+            sign = torch.cat([torch.zeros(1, device=device, dtype=dtype),
+                              torch.ones(k, device=device, dtype=dtype)])  # fmt: skip
+        return direction, sign
+
+    def directional_coefficients(self, block_losses: Tensor) -> Tensor:
+        """Per-direction finite differences ``(K, ...)`` from a block's losses ``(R, ...)``."""
+        if self.estimator == "antithetic":
+            return (block_losses[0::2] - block_losses[1::2]) / (2 * self.sigma)
+        return (block_losses[1:] - block_losses[:1]) / self.sigma
+
+    # -- generator state (checkpointed) ---------------------------------------------------
+    def generator(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed)
+            if self._pending_state is not None:
+                gen.set_state(self._pending_state)
+                self._pending_state = None
+            elif self._generator is not None:
+                gen.set_state(self._generator.get_state())
+            self._generator = gen
+        return self._generator
+
+    def state_dict(self) -> dict[str, Any]:
+        """The perturbation RNG state: restoring it makes resumed runs bit-identical."""
+        state = self._pending_state
+        if self._generator is not None:
+            state = self._generator.get_state()
+        return {"seed": self.seed, "generator_state": state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed = state["seed"]
+        self._pending_state = state["generator_state"]
+        if self._generator is not None and self._pending_state is not None:
+            self._generator.set_state(self._pending_state)
+            self._pending_state = None
+
+    # -- shared helpers -------------------------------------------------------------------
+    def targets(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        if self._targets is None or self._targets_of != id(model):
+            self._targets = find_target_layers(model, self.layers, type(self).__name__)
+            self._targets_of = id(model)
+        return self._targets
+
+    @staticmethod
+    @contextlib.contextmanager
+    def hooked(hooks: dict[nn.Module, Callable]) -> Iterator[None]:
+        handles: list[RemovableHandle] = []
+        try:
+            for module, hook in hooks.items():
+                handles.append(module.register_forward_hook(hook))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @staticmethod
+    def replicated_losses(
+        model: nn.Module, loss_fn: PerSampleLoss, inputs: Tensor, targets: Tensor, replicas: int
+    ) -> tuple[Tensor, Tensor]:
+        """Run all replicas as one batch; return per-sample losses ``(R, B)`` and logits."""
+        batch = inputs.shape[0]
+        logits = model(inputs.repeat(replicas, *([1] * (inputs.ndim - 1))))
+        losses = loss_fn(logits, targets.repeat(replicas))
+        if losses.shape != (replicas * batch,):
+            raise ValueError(
+                f"loss must return one value per example (shape ({replicas * batch},)), got "
+                f"{tuple(losses.shape)}; use reduction='none'."
+            )
+        return losses.view(replicas, batch), logits.view(replicas, batch, *logits.shape[1:])
+
+    def summarize(self, losses: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch loss and logits reported for metrics (clean replica when there is one)."""
+        if self.estimator == "forward":
+            return losses[0].mean(), logits[0]
+        return losses.mean(), logits.mean(0)
+
+    # -- the protocol ---------------------------------------------------------------------
+    def estimate(
+        self,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        inputs: Tensor,
+        targets: Tensor,
+        grad_scale: float = 1.0,
+    ) -> RuleOutput:
+        """Add ``grad_scale`` × an estimate of ``d mean_loss / d param`` to every target's grad."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"

@@ -1,0 +1,232 @@
+"""Weight perturbation: nudge the weights at random, keep the nudge in proportion to the gain.
+
+The perturbation is applied *inside the forward* by hooks: a layer computes
+``x Wᵀ + σ · x Pᵀ`` for its replica's perturbation ``P``, so the weights are never
+modified (an interrupted or non-finite step leaves them bit-identical) and the + and −
+passes of every direction run as one concatenated batch.
+
+Perturbation structures (the dominant cost of a naive implementation is drawing
+``num_weights`` random numbers several times per step):
+
+* ``"lowrank"`` (default): ``P = U Vᵀ / √r`` with ``U ∈ R^{out×r}``, ``V ∈ R^{in×r}``.
+  The forward adds ``σ ((x V) Uᵀ) / √r``: O(r·(m+n)) random numbers and an O(B·r·(m+n))
+  extra cost per layer instead of O(m·n).  ``E[(g·P) P] = g``, so the estimate is unbiased.
+* ``"dense"``: a full random ``P`` per layer and direction, *regenerated from a seed* when
+  the gradient is formed rather than stored.
+
+``mode="multiplicative"`` perturbs the log-magnitudes ``θ`` of exp-parametrised Dale
+layers (``W → W ⊙ exp(σP) ≈ W + σ W⊙P``) and estimates ``dL/dθ`` directly; other layers
+are perturbed additively.  ``mode="additive"`` perturbs every effective weight additively
+and maps the estimate through the parametrisation locally (``dL/dθ = dL/dW ⊙ W``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..losses import PerSampleLoss
+from .base import (
+    Estimator,
+    NoiseKind,
+    PerturbationRule,
+    RuleOutput,
+    check_choice,
+    check_min_int,
+    sample_noise,
+)
+from .layers import (
+    accumulate_param_grad,
+    accumulate_weight_grad,
+    is_conv,
+    is_exp_dale,
+    weight_param,
+)
+
+Structure = Literal["lowrank", "dense"]
+Mode = Literal["additive", "multiplicative"]
+_SEED_RANGE = 2**62
+
+
+def _apply(module: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
+    """The layer's linear map with ``weight`` in place of its own (no bias)."""
+    if is_conv(module):
+        return F.conv2d(x, weight, None, module.stride, module.padding, module.dilation)
+    return F.linear(x, weight)
+
+
+class WeightPerturbation(PerturbationRule):
+    """Antithetic / forward-difference weight perturbation with seeded regeneration.
+
+    Args:
+        sigma: Perturbation scale (> 0); in weight units (additive) or log units
+            (multiplicative).
+        num_directions: Random directions averaged per step (>= 1).
+        estimator: ``"antithetic"`` (default) or ``"forward"``.
+        structure: ``"lowrank"`` (default, cheap) or ``"dense"``.
+        rank: Rank of a low-rank perturbation (>= 1).
+        mode: ``"additive"`` or ``"multiplicative"`` (exp-parametrised Dale layers).
+        noise: Distribution of the random factors: ``"gaussian"`` or ``"rademacher"``.
+        layers: Optional ``fnmatch`` patterns of the module names to train.
+        seed: Seed of the rule's generator.
+    """
+
+    def __init__(
+        self,
+        sigma: float = 1e-3,
+        num_directions: int = 1,
+        estimator: Estimator = "antithetic",
+        structure: Structure = "lowrank",
+        rank: int = 1,
+        mode: Mode = "additive",
+        noise: NoiseKind = "gaussian",
+        layers: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(sigma, num_directions, estimator, noise, layers, seed)
+        check_choice("structure", structure, ("lowrank", "dense"))
+        check_choice("mode", mode, ("additive", "multiplicative"))
+        check_min_int("rank", rank, 1)
+        self.structure = structure
+        self.rank = rank
+        self.mode = mode
+
+    # -- random factors, regenerated from (step seed, layer) ----------------------------
+    def _layer_generator(self, step_seed: int, index: int, device: torch.device) -> torch.Generator:
+        gen = torch.Generator(device=device)
+        gen.manual_seed((step_seed + 1_000_003 * (index + 1)) % _SEED_RANGE)
+        return gen
+
+    def _factors(self, module: nn.Module, gen: torch.Generator, like: Tensor) -> dict[str, Tensor]:
+        """Random factors of one layer for all directions (dense ones are drawn lazily)."""
+        k, w = self.num_directions, weight_param(module)
+        factors = {}
+        if module.bias is not None and module.bias.requires_grad:
+            factors["bias"] = sample_noise((k, w.shape[0]), self.noise, gen, like)
+        if self.structure == "lowrank":
+            fan = math.prod(w.shape[1:])
+            factors["u"] = sample_noise((k, w.shape[0], self.rank), self.noise, gen, like)
+            factors["v"] = sample_noise((k, fan, self.rank), self.noise, gen, like)
+        return factors
+
+    def _direction(self, module: nn.Module, factors: dict[str, Tensor], k: int,
+                   gen: torch.Generator) -> Tensor:  # fmt: skip
+        """The (unit-scale) perturbation ``P_k`` of the layer's weight, weight-shaped."""
+        shape = weight_param(module).shape
+        if self.structure == "lowrank":
+            p = factors["u"][k] @ factors["v"][k].T / math.sqrt(self.rank)
+            return p.view(shape)
+        return sample_noise(shape, self.noise, gen, weight_param(module))
+
+    def _multiplicative(self, module: nn.Module) -> bool:
+        return self.mode == "multiplicative" and is_exp_dale(module)
+
+    # -- the estimate ---------------------------------------------------------------------
+    @torch.no_grad()
+    def estimate(
+        self,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        inputs: Tensor,
+        targets: Tensor,
+        grad_scale: float = 1.0,
+    ) -> RuleOutput:
+        layers = self.targets(model)
+        replicas = self.replicas_per_block
+        device = inputs.device
+        step_seed = int(
+            torch.randint(0, _SEED_RANGE, (1,), generator=self.generator(device), device=device)
+        )
+        direction, sign = self.replica_signs(device, inputs.dtype)
+        factors: dict[int, dict[str, Tensor]] = {}
+        seen: set[int] = set()
+
+        def make_hook(index: int, name: str):
+            def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+                if index in seen:
+                    raise RuntimeError(
+                        f"WeightPerturbation: layer {name!r} ran twice in one forward pass; "
+                        "shared (re-used) layers are not supported."
+                    )
+                seen.add(index)
+                gen = self._layer_generator(step_seed, index, device)
+                f = factors[index] = self._factors(module, gen, output)
+                self._perturb_output(module, args[0], output, f, gen, direction, sign, replicas)
+                return output
+
+            return hook
+
+        hooks = {module: make_hook(i, name) for i, (name, module) in enumerate(layers)}
+        with self.hooked(hooks):
+            losses, logits = self.replicated_losses(model, loss_fn, inputs, targets, replicas)
+        loss, mean_logits = self.summarize(losses, logits)
+        if not torch.isfinite(losses).all():
+            return RuleOutput(loss, mean_logits, finite=False)
+
+        coeff = self.directional_coefficients(losses.mean(1)) * (grad_scale / self.num_directions)
+        for index, (_, module) in enumerate(layers):
+            gen = self._layer_generator(step_seed, index, device)
+            self._factors(module, gen, losses)  # replay the generator to the dense draws
+            self._accumulate(module, factors[index], coeff, gen)
+        return RuleOutput(loss, mean_logits, finite=True)
+
+    def _perturb_output(
+        self, module: nn.Module, x: Tensor, output: Tensor, factors: dict[str, Tensor],
+        gen: torch.Generator, direction: Tensor, sign: Tensor, replicas: int,
+    ) -> None:  # fmt: skip
+        out = output.view(replicas, -1, *output.shape[1:])
+        xs = x.view(replicas, -1, *x.shape[1:])
+        bshape = (replicas, 1, -1) + (1,) * (output.ndim - 2)
+        if "bias" in factors:
+            out.add_((factors["bias"][direction] * sign[:, None]).view(bshape), alpha=self.sigma)
+        if self.structure == "lowrank" and not self._multiplicative(module):
+            out.add_(self._lowrank_delta(module, xs, factors, direction, sign), alpha=self.sigma)
+            return
+        for k in range(self.num_directions):
+            rows = torch.nonzero((direction == k) & (sign != 0)).flatten()
+            p = self._direction(module, factors, k, gen)
+            if self._multiplicative(module):
+                p = p * module.weight
+            chunk = xs[rows].reshape(-1, *x.shape[1:])
+            delta = _apply(module, chunk, p).view(len(rows), -1, *output.shape[1:])
+            out[rows] += delta * (self.sigma * sign[rows]).view(len(rows), *bshape[1:])
+
+    def _lowrank_delta(self, module: nn.Module, xs: Tensor, factors: dict[str, Tensor],
+                       direction: Tensor, sign: Tensor) -> Tensor:  # fmt: skip
+        """``σ⁻¹ ×`` the output change of every replica, without forming ``U Vᵀ``."""
+        scale = sign.view(-1, 1, 1) / math.sqrt(self.rank)
+        u = factors["u"][direction] * scale  # (R, out, r)
+        v = factors["v"][direction]  # (R, fan, r)
+        if not is_conv(module):
+            flat = xs.reshape(xs.shape[0], -1, xs.shape[-1])
+            delta = torch.bmm(torch.bmm(flat, v), u.transpose(1, 2))
+            return delta.view(*xs.shape[:-1], u.shape[1])
+        r, b = xs.shape[:2]
+        kernels = v.transpose(1, 2).reshape(r * self.rank, *weight_param(module).shape[1:])
+        grouped = xs.transpose(0, 1).reshape(b, r * xs.shape[2], *xs.shape[3:])
+        proj = F.conv2d(grouped, kernels, None, module.stride, module.padding,
+                        module.dilation, groups=r)  # fmt: skip
+        proj = proj.view(b, r, self.rank, *proj.shape[2:])
+        return torch.einsum("brkhw,rok->rbohw", proj, u)
+
+    def _accumulate(self, module: nn.Module, factors: dict[str, Tensor], coeff: Tensor,
+                    gen: torch.Generator) -> None:  # fmt: skip
+        if "bias" in factors:
+            accumulate_param_grad(module.bias, coeff @ factors["bias"])
+        if self.structure == "lowrank":
+            u = factors["u"] * coeff.view(-1, 1, 1)
+            grad = torch.einsum("kor,kir->oi", u, factors["v"]) / math.sqrt(self.rank)
+            grad = grad.view(weight_param(module).shape)
+        else:
+            grad = torch.zeros_like(weight_param(module))
+            for k in range(self.num_directions):
+                grad.add_(self._direction(module, factors, k, gen), alpha=float(coeff[k]))
+        if self._multiplicative(module):
+            accumulate_param_grad(weight_param(module), grad)
+        else:
+            accumulate_weight_grad(module, grad)
