@@ -110,7 +110,7 @@ def _check_split_dirs(root: Path, train_dir: str, test_dir: str) -> None:
 
 
 class ImageFolderDataModule(SplitDataModule):
-    """Any image-folder data set with ``<root>/<train_dir>/<class>/*`` and ``<root>/<test_dir>/...``.
+    """Any image-folder data set: ``<root>/<train_dir>/<class>/*`` and ``<root>/<test_dir>/...``.
 
     Images are decoded once into memory and served in [0, 1]; classes are the sorted
     sub-folder names of the training split (the test split must have the same ones).

@@ -47,7 +47,7 @@ class UInt8ImageDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, Tensor]]:
         idx = torch.as_tensor(indices, dtype=torch.long)
         images = self.images[idx].float().div_(255.0)
-        return list(zip(images.unbind(0), self.targets[idx].unbind(0)))
+        return list(zip(images.unbind(0), self.targets[idx].unbind(0), strict=True))
 
 
 def missing_files_error(

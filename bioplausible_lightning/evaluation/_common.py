@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 #: What the evaluation functions accept as data: a DataLoader, a Dataset of ``(x, y)``
 #: pairs, or a tuple of tensors ``(x, y)``.
-Data = Union[DataLoader, Dataset, tuple[Tensor, Tensor]]
+Data = DataLoader | Dataset | tuple[Tensor, Tensor]
 
 
 def collect(data: Data, max_samples: int | None = None) -> tuple[Tensor, Tensor]:

@@ -87,7 +87,7 @@ class RobustnessCallback(Callback):
         )  # fmt: skip
         pl_module.log("robust/clean", self.result.clean_accuracy)
         for attack, accs in self.result.accuracy.items():
-            for e, acc in zip(self.result.eps, accs):
+            for e, acc in zip(self.result.eps, accs, strict=True):
                 pl_module.log(f"robust/{attack}@{e:g}", acc)
         if self.output is not None and trainer.is_global_zero:
             self.output.parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ class _RemappedLabels(Dataset):
             xs = [s[0] for s in self.dataset.__getitems__(idx)]
         else:
             xs = [self.dataset[i][0] for i in idx]
-        return list(zip(xs, self.labels[torch.as_tensor(items)].unbind(0)))
+        return list(zip(xs, self.labels[torch.as_tensor(items)].unbind(0), strict=True))
 
 
 class PreloadedDataModule(SplitDataModule):
@@ -93,14 +93,14 @@ class PreloadedDataModule(SplitDataModule):
             "input_std": getattr(datamodule, "input_std", 0.5),
         }
         kwargs.update(overrides)
-        return cls(
-            pool, labels, test, datamodule.input_shape, datamodule.num_classes, **kwargs
-        )
+        return cls(pool, labels, test, datamodule.input_shape, datamodule.num_classes, **kwargs)
 
     def load_pool_and_test(self) -> tuple[Dataset, Tensor, Dataset]:
         return self._pool, self._labels, self._test
 
-    def resplit(self, classes: Sequence[int] | None = None, **overrides: Any) -> PreloadedDataModule:
+    def resplit(
+        self, classes: Sequence[int] | None = None, **overrides: Any
+    ) -> PreloadedDataModule:
         """A copy with other split settings; ``classes`` keeps only those classes (train
         and test) and relabels them ``0..len(classes)-1`` in the given order."""
         kwargs: dict[str, Any] = {

@@ -39,7 +39,7 @@ def plot_robustness(robustness: Mapping[str, Mapping[str, Any]], path: Path) -> 
     attacks = sorted({a for r in robustness.values() for a in r["accuracy"]})
     fig, axes = plt.subplots(1, max(1, len(attacks)), figsize=(3.2 * max(1, len(attacks)), 3))
     axes = np.atleast_1d(axes)
-    for ax, attack in zip(axes, attacks):
+    for ax, attack in zip(axes, attacks, strict=False):
         for name, res in robustness.items():
             if attack in res["accuracy"]:
                 eps = [0.0, *res["eps"]]
@@ -97,7 +97,7 @@ def plot_weights(histograms: Mapping[str, Mapping[str, Any]], path: Path) -> Pat
     layers = sorted({layer for h in histograms.values() for layer in h})
     fig, axes = plt.subplots(1, max(1, len(layers)), figsize=(3.2 * max(1, len(layers)), 3))
     axes = np.atleast_1d(axes)
-    for ax, layer in zip(axes, layers):
+    for ax, layer in zip(axes, layers, strict=False):
         for name, per_layer in histograms.items():
             if layer in per_layer:
                 h = per_layer[layer]

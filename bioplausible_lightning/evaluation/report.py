@@ -15,7 +15,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,9 @@ class ComparisonConfig:
 
     def __post_init__(self) -> None:
         if self.dataset not in TUNED:
-            raise ValueError(f"dataset={self.dataset!r} is invalid: allowed values are {tuple(TUNED)}.")
+            raise ValueError(
+                f"dataset={self.dataset!r} is invalid: allowed values are {tuple(TUNED)}."
+            )
         bad = [s for s in self.sections if s not in SECTIONS]
         if bad:
             raise ValueError(f"sections={list(self.sections)!r} is invalid: allowed {SECTIONS}.")
@@ -149,7 +151,10 @@ def quick_config(out_dir: str = "comparison-quick", **overrides: Any) -> Compari
 
 
 def full_config(
-    dataset: str = "mnist", data_dir: str | None = None, out_dir: str | None = None, **overrides: Any
+    dataset: str = "mnist",
+    data_dir: str | None = None,
+    out_dir: str | None = None,
+    **overrides: Any,
 ) -> ComparisonConfig:
     """The full setting (MNIST-5k or the CIFAR-10 subset on a 2-core machine: ~10 min each)."""
     settings: dict[str, Any] = dict(dataset=dataset, data_dir=data_dir,
@@ -264,7 +269,9 @@ class ActivityHistory(Callback):
         self._record(pl_module.model, trainer.current_epoch + 1)
 
 
-def _sample(data: PreloadedDataModule, n: int, seed: int, split: str = "test") -> tuple[Tensor, Tensor]:
+def _sample(
+    data: PreloadedDataModule, n: int, seed: int, split: str = "test"
+) -> tuple[Tensor, Tensor]:
     """A seeded random subset (test sets may be sorted by class, e.g. image folders)."""
     dataset = data.test_set if split == "test" else (data.val_set or data.train_set)
     x, y = collect(dataset)
@@ -377,8 +384,12 @@ def _run(config: ComparisonConfig, start: float) -> dict[str, Any]:
     if "robustness" in config.sections:
         t = time.perf_counter()
         x, y = _sample(data, config.attack_samples, config.seed)
-        attack_cfg = AttackConfig(pgd_steps=config.pgd_steps, pgd_restarts=config.pgd_restarts,
-                                  square_queries=config.square_queries, seed=config.seed)  # fmt: skip
+        attack_cfg = AttackConfig(
+            pgd_steps=config.pgd_steps,
+            pgd_restarts=config.pgd_restarts,
+            square_queries=config.square_queries,
+            seed=config.seed,
+        )
         report["robustness"] = {}
         for name, other in (("bio", "backprop"), ("backprop", "bio")):
             res = evaluate_robustness(models[name], (x, y), config.eps, config.attacks,
@@ -471,7 +482,9 @@ def _run(config: ComparisonConfig, start: float) -> dict[str, Any]:
     files["weights"] = plots.plot_weights(hists, out / "weights.png").name
     files["sparsity"] = plots.plot_sparsity(history, out / "sparsity.png").name
     if "robustness" in report:
-        files["robustness"] = plots.plot_robustness(report["robustness"], out / "robustness.png").name
+        files["robustness"] = plots.plot_robustness(
+            report["robustness"], out / "robustness.png"
+        ).name
     if "fewshot" in report:
         files["fewshot"] = plots.plot_fewshot(report["fewshot"], out / "fewshot.png").name
     if "depth" in report:
@@ -495,7 +508,9 @@ def _pct(v: Any) -> str:
 def _est(d: dict[str, Any] | None) -> str:
     if not d or d.get("mean") is None:
         return "–"
-    return _pct(d["mean"]) if d.get("ci") is None else f"{100 * d['mean']:.1f} ± {100 * d['ci']:.1f}%"
+    return (
+        _pct(d["mean"]) if d.get("ci") is None else f"{100 * d['mean']:.1f} ± {100 * d['ci']:.1f}%"
+    )
 
 
 def _headline_eps(eps: list[float]) -> float:
@@ -506,7 +521,7 @@ def _robust_at(report: dict[str, Any], name: str, attack: str, eps: float) -> fl
     res = report.get("robustness", {}).get(name)
     if not res or attack not in res["accuracy"]:
         return None
-    for e, acc in zip(res["eps"], res["accuracy"][attack]):
+    for e, acc in zip(res["eps"], res["accuracy"][attack], strict=True):
         if abs(e - eps) < 1e-9:
             return acc
     return None
@@ -591,7 +606,11 @@ def summary_markdown(report: dict[str, Any]) -> str:
                 ("task_specific_fraction", "task-specific units", "selectivity > 0.5"),
             ):
                 b, p = reps["bio"][layer].get(key), reps["backprop"].get(layer, {}).get(key)
-                fmt = _pct if key.endswith("fraction") else (lambda v: "–" if v is None else f"{v:.2f}")
+                fmt = (
+                    _pct
+                    if key.endswith("fraction")
+                    else (lambda v: "–" if v is None else f"{v:.2f}")
+                )
                 row(f"{label} ({layer})", protocol + how, fmt(b), fmt(p))
     if "goals" in report:
         lines += ["", "## Project goals (MNIST)", "", "| Goal | bio | met |", "|---|---|---|"]

@@ -1,0 +1,98 @@
+"""Bio rule vs backprop: the whole comparison in one command.
+
+Trains the perturbation rule and backprop on the same architecture, data, seed and budget,
+then runs adversarial robustness (FGSM, PGD, Square, transfer), few-shot protocols (a) and
+(b), a depth sweep and a representation report.  Writes ``report.json``, PNG plots and
+``summary.md`` to ``--out``.
+
+    python examples/compare.py --quick                       # digits, ~10-30 s
+    python examples/compare.py --dataset mnist --data-dir ../shared/data/mnist-5k
+    python examples/compare.py --dataset cifar10 --data-dir ../shared/data/cifar10-jpeg
+    python examples/compare.py --dataset mnist --data-dir data      # downloads MNIST
+
+The learning rules' hyper-parameters live in ONE place:
+``bioplausible_lightning/evaluation/report.py`` (``TUNED``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from fractions import Fraction
+
+from bioplausible_lightning.evaluation.report import (
+    SECTIONS,
+    TUNED,
+    full_config,
+    quick_config,
+    run_comparison,
+)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(Fraction(v.strip())) for v in text.split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="digits, tiny budgets (the smoke test)")
+    p.add_argument("--dataset", default="mnist", choices=sorted(TUNED))
+    p.add_argument("--data-dir", default=None, help="data root (default ./data)")
+    p.add_argument("--no-download", action="store_true", help="never download missing files")
+    p.add_argument("--out", default=None, help="output folder (default comparison-<dataset>)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--accelerator", default=None, help="Lightning accelerator (default auto)")
+    p.add_argument("--sections", default=None, help=f"comma list of {','.join(SECTIONS)}")
+    sizes = p.add_argument_group("budgets (override the --quick / full defaults)")
+    sizes.add_argument("--epochs", type=int)
+    sizes.add_argument("--eps", type=_floats, help="e.g. 0.05,0.1 or 2/255,8/255")
+    sizes.add_argument("--attacks", help="comma list of fgsm,pgd,square,transfer")
+    sizes.add_argument("--attack-samples", type=int)
+    sizes.add_argument("--pgd-steps", type=int)
+    sizes.add_argument("--pgd-restarts", type=int)
+    sizes.add_argument("--square-queries", type=int)
+    sizes.add_argument("--shots", type=_ints, help="protocol (a) K values, e.g. 1,5,10")
+    sizes.add_argument("--fewshot-seeds", type=_ints, help="e.g. 0,1,2,3,4")
+    sizes.add_argument("--fewshot-steps", type=int)
+    sizes.add_argument("--episodic-shots", type=_ints)
+    sizes.add_argument("--episodes", type=int)
+    sizes.add_argument("--base-epochs", type=int)
+    sizes.add_argument("--depths", type=_ints, help="e.g. 1,2,4,8,16")
+    sizes.add_argument("--depth-epochs", type=int)
+    sizes.add_argument("--depth-width", type=int)
+    sizes.add_argument("--representation-samples", type=int)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    overrides = {
+        k: v
+        for k, v in vars(args).items()
+        if v is not None and k not in ("quick", "dataset", "data_dir", "out", "no_download")
+    }
+    for key in ("attacks", "sections"):
+        if key in overrides:
+            overrides[key] = [s.strip() for s in overrides[key].split(",") if s.strip()]
+    if args.no_download:
+        overrides["download"] = False
+    words = argv if argv is not None else sys.argv[1:]
+    overrides["command"] = "python examples/compare.py " + shlex.join(words)
+    if args.quick:
+        config = quick_config(args.out or "comparison-quick", **overrides)
+    else:
+        config = full_config(args.dataset, args.data_dir, args.out, **overrides)
+    report = run_comparison(config)
+    print(open(f"{config.out_dir}/summary.md", encoding="utf-8").read())
+    print(f"Wrote {', '.join(report['files'].values())} to {config.out_dir}/")
+    return report
+
+
+if __name__ == "__main__":
+    main()
