@@ -151,10 +151,11 @@ class ClassifierModule(L.LightningModule):
             if config.interval != interval or counter % config.frequency:
                 continue
             if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                metric = self.trainer.callback_metrics.get(config.monitor)
+                metric = self.trainer.callback_metrics.get(self.lr_scheduler_monitor)
                 if metric is None:
                     raise ValueError(
-                        f"lr_scheduler_monitor={config.monitor!r} was not logged; available: "
+                        f"lr_scheduler_monitor={self.lr_scheduler_monitor!r} was not logged; "
+                        "available: "
                         f"{sorted(self.trainer.callback_metrics)}."
                     )
                 config.scheduler.step(metric)
@@ -195,7 +196,7 @@ class ClassifierModule(L.LightningModule):
     ) -> None:
         batch = targets.shape[0]
         loss_metric, acc_metric = self._metrics[f"{stage}_loss"], self._metrics[f"{stage}_acc"]
-        loss_metric.update(loss.detach(), weight=batch)
+        loss_metric(loss.detach(), weight=batch)  # forward(): also gives the per-step value
         acc_metric.update((logits.argmax(-1) == targets).float())
         self.log(f"{stage}/loss", loss_metric, on_step=on_step, on_epoch=True, prog_bar=True,
                  batch_size=batch)  # fmt: skip

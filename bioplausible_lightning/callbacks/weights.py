@@ -49,13 +49,13 @@ class WeightDistributionMonitor(Monitor):
     def __init__(
         self,
         log_every_n_steps: int | None = 100,
-        log_on_epoch_end: bool = True,
+        log_on_epoch_end: bool = False,
         layer_types: Sequence[type[nn.Module]] | None = None,
         name_pattern: str | None = None,
         weight_getter: WeightGetter | None = None,
-        max_samples: int = 50_000,
+        max_samples: int = 20_000,
         histograms: bool = True,
-        save_figure: bool = True,
+        save_figure: bool = False,
         figure_name: str = "weight_distributions.png",
     ) -> None:
         if weight_getter is not None and not callable(weight_getter):

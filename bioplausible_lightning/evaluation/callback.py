@@ -5,6 +5,10 @@ From the CLI::
     bioplausible-lightning test ... \\
         --trainer.callbacks+=bioplausible_lightning.evaluation.RobustnessCallback \\
         --trainer.callbacks.eps='[0.05, 0.1]' --trainer.callbacks.output=robustness.json
+
+Add ``transfer`` with ``--trainer.callbacks.source_model`` (the architecture, e.g.
+``bioplausible_lightning.BioMLP`` with its init args) and ``--trainer.callbacks.source_checkpoint``
+(e.g. the checkpoint of a ``BackpropModule`` run).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
@@ -38,8 +43,10 @@ class RobustnessCallback(Callback):
         square_queries: Square attack query budget.
         source_model: Model to craft transfer examples on (e.g. the backprop baseline);
             without it ``"transfer"`` is skipped and said so in the result.
+        source_checkpoint: Weights for ``source_model``: a Lightning checkpoint of a module
+            wrapping it as ``.model`` (e.g. a ``BackpropModule``) or a plain state dict.
         output: Optional path of a JSON file for the result.
-        seed: Seed of the attacks' random starts.
+        seed: Seed of the attacks' random starts and of the test-subset draw.
     """
 
     def __init__(
@@ -51,6 +58,7 @@ class RobustnessCallback(Callback):
         pgd_restarts: int = 1,
         square_queries: int = 1000,
         source_model: nn.Module | None = None,
+        source_checkpoint: str | None = None,
         output: str | None = None,
         seed: int = 0,
     ) -> None:
@@ -64,7 +72,15 @@ class RobustnessCallback(Callback):
         self.config = AttackConfig(
             pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, square_queries=square_queries, seed=seed
         )
+        if source_checkpoint is not None:
+            if source_model is None:
+                raise ValueError(
+                    f"source_checkpoint={source_checkpoint!r} needs source_model (the "
+                    "architecture to load the weights into)."
+                )
+            load_source_weights(source_model, source_checkpoint)
         self.source_model = source_model
+        self.seed = seed
         self.output = Path(output) if output is not None else None
         self.result: RobustnessResult | None = None
 
@@ -76,7 +92,11 @@ class RobustnessCallback(Callback):
             loaders = loaders[0] if loaders else None
         if loaders is None:
             raise ValueError("RobustnessCallback found no test dataloader on the trainer.")
-        return collect(loaders, self.max_samples)
+        # a random subset: test sets may be sorted by class (e.g. image folders)
+        x, y = collect(loaders)
+        generator = torch.Generator().manual_seed(self.seed)
+        idx = torch.randperm(x.shape[0], generator=generator)[: self.max_samples]
+        return x[idx], y[idx]
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data = self._test_data(trainer)
@@ -91,7 +111,18 @@ class RobustnessCallback(Callback):
                 pl_module.log(f"robust/{attack}@{e:g}", acc)
         if self.output is not None and trainer.is_global_zero:
             self.output.parent.mkdir(parents=True, exist_ok=True)
-            self.output.write_text(json.dumps(self.result.to_dict(), indent=2))
+            text = json.dumps(self.result.to_dict(), indent=2, ensure_ascii=False)
+            self.output.write_text(text, encoding="utf-8")
 
 
-__all__ = ["RobustnessCallback"]
+def load_source_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a Lightning checkpoint (keys ``model.*``) or a plain state dict into ``model``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    if any(k.startswith("model.") for k in state):
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+__all__ = ["RobustnessCallback", "load_source_weights"]

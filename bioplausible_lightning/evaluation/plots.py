@@ -55,14 +55,18 @@ def plot_fewshot(fewshot: Mapping[str, Any], path: Path) -> Path:
     """Protocol (a) accuracy vs K (error bars: 95% CI over seeds) and protocol (b)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    all_k: set[int] = set()
     for name, per_k in fewshot.get("from_scratch", {}).get("results", {}).items():
         ks = sorted(per_k, key=int)
+        all_k.update(int(k) for k in ks)
         mean = [per_k[k]["mean"] for k in ks]
         ci = [0 if math.isnan(per_k[k]["ci"]) else per_k[k]["ci"] for k in ks]
         axes[0].errorbar([int(k) for k in ks], mean, yerr=ci, fmt="o-", capsize=3,
                          label=name, color=COLORS.get(name))  # fmt: skip
     axes[0].set(title="(a) from scratch, full test set", xlabel="K examples per class",
                 ylabel="test accuracy", xscale="log", ylim=(0, 1))  # fmt: skip
+    axes[0].set_xticks(sorted(all_k), [str(k) for k in sorted(all_k)])
+    axes[0].minorticks_off()
     episodic = fewshot.get("episodic", {})
     for name, per_k in episodic.get("results", {}).items():
         ks = sorted(per_k, key=int)
@@ -86,6 +90,7 @@ def plot_depth(depth: Mapping[str, Any], path: Path) -> Path:
         ax.plot(depth["depths"], accs, "o-", label=name, color=COLORS.get(name))
     ax.set(xlabel="hidden layers", ylabel="test accuracy", xscale="log", ylim=(0, 1))
     ax.set_xticks(depth.get("depths", []), [str(d) for d in depth.get("depths", [])])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)

@@ -44,31 +44,28 @@ from .training import ModuleFactory, fit
 # of updates; only the gradient source differs.  "bio" builds a PerturbationModule with the
 # named rule; "backprop" builds a BackpropModule.  "module_kwargs" go to the module as is.
 # =========================================================================================
+_MLP = {
+    "kind": "mlp",
+    "sparsity": 0.0,
+    "inhibitory_fraction": 0.2,
+    "parametrization": "exp",
+    "dale": True,
+}
+_NODE = {
+    "rule": "node",
+    "rule_kwargs": {"sigma": 0.1, "num_directions": 4, "layerwise": True},
+    "optimizer": "Adam",
+    "optimizer_kwargs": {"lr": 1e-2},
+    "module_kwargs": {},
+}
+_BACKPROP = {"optimizer": "Adam", "optimizer_kwargs": {"lr": 1e-2}, "module_kwargs": {}}
 TUNED: dict[str, dict[str, Any]] = {
-    "digits": {
-        "model": {"kind": "mlp", "hidden_sizes": [256], "sparsity": 0.0,
-                  "inhibitory_fraction": 0.2, "parametrization": "exp", "dale": True},
-        "bio": {"rule": "node", "rule_kwargs": {"sigma": 0.1}, "optimizer": "Adam",
-                "optimizer_kwargs": {"lr": 3e-3}, "module_kwargs": {}},
-        "backprop": {"optimizer": "Adam", "optimizer_kwargs": {"lr": 3e-3}, "module_kwargs": {}},
-        "batch_size": 64,
-    },
-    "mnist": {
-        "model": {"kind": "mlp", "hidden_sizes": [256], "sparsity": 0.0,
-                  "inhibitory_fraction": 0.2, "parametrization": "exp", "dale": True},
-        "bio": {"rule": "node", "rule_kwargs": {"sigma": 0.1}, "optimizer": "Adam",
-                "optimizer_kwargs": {"lr": 3e-3}, "module_kwargs": {}},
-        "backprop": {"optimizer": "Adam", "optimizer_kwargs": {"lr": 3e-3}, "module_kwargs": {}},
-        "batch_size": 64,
-    },
-    "cifar10": {
-        "model": {"kind": "mlp", "hidden_sizes": [512], "sparsity": 0.0,
-                  "inhibitory_fraction": 0.2, "parametrization": "exp", "dale": True},
-        "bio": {"rule": "node", "rule_kwargs": {"sigma": 0.1}, "optimizer": "Adam",
-                "optimizer_kwargs": {"lr": 1e-3}, "module_kwargs": {}},
-        "backprop": {"optimizer": "Adam", "optimizer_kwargs": {"lr": 1e-3}, "module_kwargs": {}},
-        "batch_size": 64,
-    },
+    "digits": {"model": {**_MLP, "hidden_sizes": [256]}, "bio": _NODE, "backprop": _BACKPROP,
+               "batch_size": 64},
+    "mnist": {"model": {**_MLP, "hidden_sizes": [256]}, "bio": _NODE, "backprop": _BACKPROP,
+              "batch_size": 64},
+    "cifar10": {"model": {**_MLP, "hidden_sizes": [512]}, "bio": _NODE, "backprop": _BACKPROP,
+                "batch_size": 64},
 }  # fmt: skip
 TUNED["imagefolder"] = TUNED["cifar10"]
 
@@ -141,10 +138,10 @@ class ComparisonConfig:
 def quick_config(out_dir: str = "comparison-quick", **overrides: Any) -> ComparisonConfig:
     """Digits, tiny budgets: the end-to-end smoke test (well under a minute on 2 cores)."""
     settings: dict[str, Any] = dict(
-        dataset="digits", out_dir=out_dir, epochs=4, eps=(0.1, 0.2), attack_samples=100,
-        pgd_steps=5, square_queries=30, shots=(1, 5), fewshot_seeds=(0, 1), fewshot_steps=15,
-        episodic_shots=(1,), episodes=100, n_query=5, base_epochs=2, depths=(1, 2),
-        depth_epochs=1, depth_width=64, representation_samples=300,
+        dataset="digits", out_dir=out_dir, epochs=8, eps=(0.1, 0.2), attack_samples=200,
+        pgd_steps=10, square_queries=100, shots=(1, 5), fewshot_seeds=(0, 1), fewshot_steps=40,
+        episodic_shots=(1, 5), episodes=100, n_query=5, base_epochs=4, depths=(1, 2, 4),
+        depth_epochs=2, depth_width=64, representation_samples=450,
     )  # fmt: skip
     settings.update(overrides)
     return ComparisonConfig(**settings)

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .activity import count_nonfinite
 from .layers import WeightGetter, default_weight_getter, named_weights, presynaptic_layout
 
 
@@ -55,8 +56,13 @@ def unit_signs(matrix: Tensor) -> Tensor:
 
     For a Dale unit this is its sign; for a mixed unit, the sign that dominates its output.
     """
-    finite = torch.where(torch.isfinite(matrix), matrix, torch.zeros((), dtype=matrix.dtype))
-    return torch.sign(finite.sum(dim=1))
+    return torch.sign(_finite_or_zero(matrix).sum(dim=1))
+
+
+def _finite_or_zero(x: Tensor) -> Tensor:
+    if not count_nonfinite(x):
+        return x
+    return torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype))
 
 
 def ei_ratio(matrix: Tensor) -> float:
@@ -74,10 +80,7 @@ def _ratio(n_exc: int, n_inh: int) -> float:
 
 def sign_pattern(weight: Tensor) -> Tensor:
     """``int8`` sign of every weight (non-finite entries 0): the state sign flips compare to."""
-    w = weight.detach()
-    return torch.where(torch.isfinite(w), torch.sign(w), torch.zeros((), dtype=w.dtype)).to(
-        torch.int8
-    )
+    return torch.sign(_finite_or_zero(weight.detach())).to(torch.int8)
 
 
 def count_sign_flips(previous: Tensor, current: Tensor) -> int:
@@ -107,7 +110,7 @@ def dale_statistics(
         "units": float(consistent.numel()),
         "ei_ratio": _ratio(n_exc, n_inh),
         "excitatory_fraction": n_exc / (n_exc + n_inh) if n_exc + n_inh else math.nan,
-        "nonfinite": float((~torch.isfinite(matrix)).sum()),
+        "nonfinite": float(count_nonfinite(matrix)),
     }
 
 

@@ -15,8 +15,11 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from .activity import count_nonfinite
 
 
 class LognormalFit(NamedTuple):
@@ -39,7 +42,7 @@ def sample_values(x: Tensor, max_samples: int = 100_000, seed: int = 0) -> Tenso
         index = torch.randint(flat.numel(), (max_samples,), generator=generator)
         flat = flat[index.to(flat.device)]
     flat = flat.to("cpu", torch.float64)
-    return flat[torch.isfinite(flat)]
+    return flat[torch.isfinite(flat)] if count_nonfinite(flat) else flat
 
 
 def ks_statistic(sorted_sample: Tensor, cdf: Tensor) -> float:
@@ -88,7 +91,15 @@ def lognormal_fit(weight: Tensor, max_samples: int = 100_000) -> LognormalFit:
     directly comparable.  ``nan`` when fewer than two distinct magnitudes exist.
     """
     magnitude = sample_values(weight, max_samples).abs()
-    magnitude = magnitude[magnitude > 0].sort().values
+    return _fit_sorted(_sorted(magnitude[magnitude > 0]))
+
+
+def _sorted(x: Tensor) -> Tensor:
+    """Ascending sort of a CPU sample (numpy's sort is several times faster than torch's)."""
+    return torch.from_numpy(np.sort(x.numpy()))
+
+
+def _fit_sorted(magnitude: Tensor) -> LognormalFit:
     if magnitude.numel() < 2:
         return LognormalFit(math.nan, math.nan, math.nan, math.nan)
     log_m = magnitude.log()
@@ -101,30 +112,29 @@ def lognormal_fit(weight: Tensor, max_samples: int = 100_000) -> LognormalFit:
     return LognormalFit(ks_log, ks_norm, float(mu), float(sigma))
 
 
-def fraction_positive(weight: Tensor) -> float:
-    """Fraction of finite weights that are strictly positive (``nan`` if none is finite)."""
-    w = weight.detach()
-    finite = torch.isfinite(w)
-    n = int(finite.sum())
-    return int(((w > 0) & finite).sum()) / n if n else math.nan
+def fraction_positive(weight: Tensor, max_samples: int = 100_000) -> float:
+    """Fraction of finite weights that are strictly positive (``nan`` if none is finite);
+    exact up to ``max_samples`` weights, estimated on that many beyond."""
+    sample = sample_values(weight, max_samples)
+    return float((sample > 0).double().mean()) if sample.numel() else math.nan
 
 
-def weight_distribution(weight: Tensor, max_samples: int = 100_000) -> dict[str, float]:
+def weight_distribution(weight: Tensor, max_samples: int = 20_000) -> dict[str, float]:
     """Everything :class:`~bioplausible_lightning.callbacks.WeightDistributionMonitor` logs.
 
     Keys: ``log_abs_mean``, ``log_abs_std``, ``log_abs_skewness``, ``log_abs_kurtosis``,
     ``positive_fraction``, ``ks_lognormal``, ``ks_normal``, ``nonfinite``.
     """
     magnitude = sample_values(weight, max_samples).abs()
-    magnitude = magnitude[magnitude > 0]
+    magnitude = _sorted(magnitude[magnitude > 0])
     moments = standardized_moments(magnitude.log())
-    fit = lognormal_fit(magnitude, max_samples)
+    fit = _fit_sorted(magnitude)
     return {
         **{f"log_abs_{k}": v for k, v in moments.items()},
-        "positive_fraction": fraction_positive(weight),
+        "positive_fraction": fraction_positive(weight, max_samples),
         "ks_lognormal": fit.ks_lognormal,
         "ks_normal": fit.ks_normal,
-        "nonfinite": float((~torch.isfinite(weight.detach())).sum()),
+        "nonfinite": float(count_nonfinite(weight.detach())),
     }
 
 

@@ -12,6 +12,7 @@ optimizer then steps, so schedulers, clipping and accumulation work as usual.  N
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -104,7 +105,7 @@ class PerturbationRule:
         self._generator: torch.Generator | None = None
         self._pending_state: Tensor | None = None
         self._targets: list[tuple[str, nn.Module]] | None = None
-        self._targets_of: int | None = None
+        self._targets_of: weakref.ref[nn.Module] | None = None
 
     # -- replicas ------------------------------------------------------------------------
     @property
@@ -161,9 +162,9 @@ class PerturbationRule:
 
     # -- shared helpers -------------------------------------------------------------------
     def targets(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        if self._targets is None or self._targets_of != id(model):
+        if self._targets is None or self._targets_of is None or self._targets_of() is not model:
             self._targets = find_target_layers(model, self.layers, type(self).__name__)
-            self._targets_of = id(model)
+            self._targets_of = weakref.ref(model)
         return self._targets
 
     @staticmethod

@@ -1,0 +1,54 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bioplausible_lightning import BackpropModule, BioMLP, NodePerturbation, PerturbationModule
+from bioplausible_lightning.cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
+         "--trainer.enable_model_summary=false"]  # fmt: skip
+
+
+def test_fit_without_arguments_uses_the_packaged_digits_default(tmp_path):
+    cli = run_cli(["fit", f"--trainer.default_root_dir={tmp_path}", *QUICK])
+    assert isinstance(cli.model, PerturbationModule)
+    assert isinstance(cli.model.model, BioMLP)
+    assert isinstance(cli.model.rule, NodePerturbation)
+    # test_after_fit evaluated the test split
+    assert 0.0 <= float(cli.trainer.callback_metrics["test/acc"]) <= 1.0
+    assert list(tmp_path.rglob("*.ckpt")), "the default ModelCheckpoint wrote nothing"
+    assert list(tmp_path.rglob("config.yaml")), "LightningCLI saved no config"
+
+
+def test_example_config_and_backprop_switch(tmp_path):
+    cli = run_cli(["fit", "--config", str(ROOT / "examples" / "digits.yaml"),
+                   "--model", "BackpropModule", f"--trainer.default_root_dir={tmp_path}",
+                   "--test_after_fit=false", *QUICK])  # fmt: skip
+    assert isinstance(cli.model, BackpropModule)
+    assert "test/acc" not in cli.trainer.callback_metrics
+    assert float(cli.trainer.callback_metrics["val/acc"]) > 0.5
+
+
+def test_validate_subcommand_and_overrides(tmp_path):
+    cli = run_cli(["validate", f"--trainer.default_root_dir={tmp_path}",
+                   "--model.rule.init_args.sigma=0.05", "--data.init_args.batch_size=128",
+                   "--trainer.enable_progress_bar=false"])  # fmt: skip
+    assert cli.model.rule.sigma == 0.05
+    assert cli.datamodule.batch_size == 128
+
+
+def test_bad_config_value_names_parameter_and_value(tmp_path):
+    with pytest.raises(ValueError, match=r"sigma=-1.0 is invalid: it must be a number > 0"):
+        run_cli(["fit", f"--trainer.default_root_dir={tmp_path}",
+                 "--model.rule.init_args.sigma=-1", *QUICK])  # fmt: skip
+
+
+def test_console_script_help_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "bioplausible_lightning.cli", "fit", "--help"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert "--model" in out.stdout and "--test_after_fit" in out.stdout

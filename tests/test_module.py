@@ -1,0 +1,229 @@
+import functools
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from bioplausible_lightning import (
+    BackpropModule,
+    BioMLP,
+    DaleLinear,
+    DigitsDataModule,
+    NodePerturbation,
+    PerturbationModule,
+    WeightPerturbation,
+)
+from bioplausible_lightning.losses import cross_entropy
+
+
+def _trainer(tmp_path=None, **kwargs):
+    defaults = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+    )
+    if tmp_path is not None:
+        defaults["default_root_dir"] = tmp_path
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+def _module(rule=None, lr=0.01, **kwargs):
+    return PerturbationModule(
+        BioMLP(hidden_sizes=(64,), seed=0),
+        rule or NodePerturbation(num_directions=2, seed=0),
+        optimizer=functools.partial(torch.optim.Adam, lr=lr),
+        **kwargs,
+    )
+
+
+def _params(module):
+    return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+
+
+def test_perturbation_module_learns_digits_without_backward(monkeypatch):
+    def trap(*args, **kwargs):
+        raise AssertionError("backward() / autograd.grad called during perturbation training")
+
+    monkeypatch.setattr(torch.Tensor, "backward", trap)
+    monkeypatch.setattr(torch.autograd, "backward", trap)
+    monkeypatch.setattr(torch.autograd, "grad", trap)
+    L.seed_everything(0)
+    module = _module()
+    signs = {n: torch.sign(m.weight).clone() for n, m in module.model.named_modules()
+             if isinstance(m, DaleLinear)}  # fmt: skip
+    trainer = _trainer(max_epochs=15)
+    data = DigitsDataModule(seed=0)
+    trainer.fit(module, data)
+    assert {"train/loss_epoch", "train/acc", "val/loss", "val/acc"} <= set(trainer.logged_metrics)
+    result = trainer.test(module, data, verbose=False)[0]
+    assert result["test/acc"] > 0.85  # chance is 0.10
+    # Dale's law: every effective weight kept its initial sign through training
+    for name, m in module.model.named_modules():
+        if isinstance(m, DaleLinear):
+            assert torch.equal(torch.sign(m.weight), signs[name]), name
+
+
+def test_backprop_baseline_learns_with_the_same_interface():
+    L.seed_everything(0)
+    module = BackpropModule(
+        BioMLP(hidden_sizes=(64,), seed=0), optimizer=functools.partial(torch.optim.Adam, lr=0.01)
+    )
+    trainer = _trainer(max_epochs=5)
+    data = DigitsDataModule(seed=0)
+    trainer.fit(module, data)
+    assert trainer.test(module, data, verbose=False)[0]["test/acc"] > 0.9
+
+
+@pytest.mark.parametrize("rule_factory", [
+    lambda: NodePerturbation(num_directions=2, seed=5),
+    lambda: WeightPerturbation(num_directions=4, seed=5),
+])  # fmt: skip
+def test_resume_from_checkpoint_is_bit_identical(tmp_path, rule_factory):
+    data_kwargs = dict(batch_size=128, seed=0)
+
+    def fit(max_epochs, ckpt_path=None, callbacks=None):
+        L.seed_everything(0)
+        module = _module(rule_factory(), lr=0.01,
+                         lr_scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1,
+                                                        gamma=0.9))  # fmt: skip
+        trainer = _trainer(tmp_path, max_epochs=max_epochs, callbacks=callbacks or [],
+                           enable_checkpointing=bool(callbacks))  # fmt: skip
+        trainer.fit(module, DigitsDataModule(**data_kwargs), ckpt_path=ckpt_path)
+        return module
+
+    straight = fit(4)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    fit(2, callbacks=[ckpt])
+    resumed = fit(4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    a, b = _params(straight), _params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the rule's RNG went on from where it stopped, not from its seed
+    assert torch.equal(straight.rule.state_dict()["generator_state"],
+                       resumed.rule.state_dict()["generator_state"])  # fmt: skip
+
+
+def test_non_finite_loss_skips_update_warns_once_and_continues():
+    calls = {"n": 0}
+
+    def flaky_loss(logits, targets):
+        calls["n"] += 1
+        losses = cross_entropy(logits, targets)
+        return losses * float("nan") if calls["n"] in (3, 5) else losses
+
+    class Recorder(L.Callback):
+        def __init__(self):
+            self.before, self.after = {}, {}
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.before[batch_idx] = _params(module)
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.after[batch_idx] = _params(module)
+
+    recorder = Recorder()
+    module = _module(loss=flaky_loss)
+    trainer = _trainer(max_steps=6, limit_val_batches=0, callbacks=[recorder])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, DigitsDataModule())
+    messages = [str(w.message) for w in caught if "Non-finite loss" in str(w.message)]
+    assert len(messages) == 1 and "global step 2" in messages[0]
+    assert module.skipped_steps == 2
+    for skipped in (2, 4):  # batch indices whose loss was NaN
+        before, after = recorder.before[skipped], recorder.after[skipped]
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    assert trainer.global_step == 6  # training went on to max_steps
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+@pytest.mark.parametrize("interval, expected_steps", [("step", 10), ("epoch", 2)])
+def test_lr_scheduler_is_stepped_per_configured_interval(interval, expected_steps):
+    module = _module(
+        lr=0.1,
+        lr_scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+        lr_scheduler_interval=interval,
+    )
+    data = DigitsDataModule(batch_size=256)  # 5 batches per epoch
+    trainer = _trainer(max_epochs=2, limit_val_batches=0)
+    trainer.fit(module, data)
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(0.1 * 0.5**expected_steps)
+
+
+def test_reduce_on_plateau_reads_the_monitored_metric():
+    module = _module(
+        lr=0.1,
+        lr_scheduler=functools.partial(
+            torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0, factor=0.5, threshold=10.0
+        ),
+        lr_scheduler_monitor="val/loss",
+    )
+    trainer = _trainer(max_epochs=2)
+    trainer.fit(module, DigitsDataModule(batch_size=256))
+    # threshold=10 (relative) makes every epoch count as "no improvement"
+    assert trainer.optimizers[0].param_groups[0]["lr"] < 0.1
+
+
+def test_gradient_clipping_on_the_module_bounds_the_update():
+    module = _module(lr=1.0, gradient_clip_val=1e-3)
+    module.optimizer_factory = functools.partial(torch.optim.SGD, lr=1.0)
+    before = torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+    trainer = _trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(module, DigitsDataModule())
+    after = torch.cat([p.detach().flatten() for p in module.parameters()])
+    assert 0 < (after - before).norm() <= 1e-3 * (1 + 1e-5)
+
+
+def test_trainer_gradient_clipping_is_refused_under_manual_optimization():
+    with pytest.raises(Exception, match="gradient_clip_val"):
+        _trainer(max_steps=1, gradient_clip_val=1.0).fit(_module(), DigitsDataModule())
+
+
+def test_accumulate_grad_batches_steps_every_k_batches():
+    module = _module(accumulate_grad_batches=2)
+    trainer = _trainer(max_epochs=1, limit_val_batches=0)
+    trainer.fit(module, DigitsDataModule(batch_size=256))  # 5 batches
+    assert trainer.global_step == 3  # after batches 2, 4 and the last one
+
+
+def test_loggers_checkpoints_and_trainer_flags(tmp_path):
+    module = _module()
+    loggers = [CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")]
+    trainer = L.Trainer(
+        max_epochs=2, val_check_interval=0.5, logger=loggers, log_every_n_steps=2,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ck", monitor="val/acc", mode="max")],
+        enable_progress_bar=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, DigitsDataModule())
+    metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
+    assert "val/acc" in metrics and "train/loss_step" in metrics
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    best = trainer.checkpoint_callback.best_model_path
+    restored = PerturbationModule.load_from_checkpoint(
+        best, model=BioMLP(hidden_sizes=(64,)), rule=NodePerturbation()
+    )
+    assert restored.rule.state_dict()["generator_state"] is not None
+    fast = _trainer(fast_dev_run=True)
+    fast.fit(_module(), DigitsDataModule())
+    assert fast.global_step == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"rule": "node"}, "rule"),
+        ({"accumulate_grad_batches": 0}, "accumulate_grad_batches"),
+        ({"loss": "hinge"}, "loss"),
+        ({"gradient_clip_val": -1.0}, "gradient_clip_val"),
+        ({"lr_scheduler_interval": "batch"}, "lr_scheduler_interval"),
+    ],
+)
+def test_bad_module_config_names_parameter(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        PerturbationModule(BioMLP(), **kwargs)

@@ -1,0 +1,218 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bioplausible_lightning import BioConvNet, BioMLP, NodePerturbation, WeightPerturbation
+from bioplausible_lightning.losses import cross_entropy
+
+
+def _autograd_grad(model, x, y):
+    model.zero_grad()
+    cross_entropy(model(x), y).mean().backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad()
+    return grads
+
+
+def _averaged_estimate(rule, model, x, y, repeats):
+    model.zero_grad()
+    for _ in range(repeats):
+        out = rule.estimate(model, cross_entropy, x, y, grad_scale=1.0 / repeats)
+        assert out.finite
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+MODELS = {
+    "dale_mlp": lambda: BioMLP(hidden_sizes=(8,), seed=0),
+    "torch_mlp": lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10)),
+    "dale_conv": lambda: BioConvNet(input_shape=(1, 8, 8), channels=(2,), hidden_size=8, seed=0),
+    "torch_conv": lambda: nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(128, 10)
+    ),
+}
+
+
+class _Residual(nn.Module):
+    """A non-sequential model: the rules must find layers through hooks, not a fixed class."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(64, 8)
+        self.branch = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x.flatten(1)))
+        return self.out(h + torch.relu(self.branch(h)))
+
+
+MODELS["residual"] = _Residual
+
+
+NODE_CASES = [(name, True) for name in MODELS] + [
+    # perturbing all layers at once adds the other layers' noise to each layer's estimate:
+    # unbiased, but it needs many more samples on the conv net (see the layerwise option)
+    (name, False) for name in ("dale_mlp", "torch_mlp", "residual")
+]
+
+
+@pytest.mark.parametrize("name, layerwise", NODE_CASES)
+def test_node_perturbation_points_along_true_gradient(name, layerwise, digits_batch):
+    model = MODELS[name]()
+    x, y = digits_batch
+    rule = NodePerturbation(sigma=1e-3, num_directions=8, layerwise=layerwise)
+    cos = torch.cosine_similarity(
+        _averaged_estimate(rule, model, x, y, 100), _autograd_grad(model, x, y), 0
+    )
+    assert cos > 0.9
+
+
+@pytest.mark.parametrize("name", ["dale_mlp", "torch_mlp", "dale_conv", "residual"])
+@pytest.mark.parametrize(
+    "structure, mode", [("lowrank", "additive"), ("dense", "additive"), ("lowrank", "multiplicative")]
+)
+def test_weight_perturbation_points_along_true_gradient(name, structure, mode, digits_batch):
+    model = MODELS[name]()
+    x, y = digits_batch
+    rule = WeightPerturbation(sigma=1e-3, num_directions=64, structure=structure, mode=mode, rank=2)
+    cos = torch.cosine_similarity(
+        _averaged_estimate(rule, model, x, y, 100), _autograd_grad(model, x, y), 0
+    )
+    assert cos > 0.9
+
+
+def test_forward_difference_estimator_is_also_aligned(digits_batch):
+    model = MODELS["torch_mlp"]()
+    x, y = digits_batch
+    rule = NodePerturbation(sigma=1e-3, num_directions=8, estimator="forward")
+    est = _averaged_estimate(rule, model, x, y, 60)
+    assert torch.cosine_similarity(est, _autograd_grad(model, x, y), 0) > 0.9
+
+
+@pytest.mark.parametrize(
+    "rule", [NodePerturbation(num_directions=2), WeightPerturbation(structure="dense")]
+)
+def test_rules_never_call_backward(rule, digits_batch, monkeypatch):
+    def trap(*args, **kwargs):
+        raise AssertionError("backward/autograd.grad called by a perturbation rule")
+
+    monkeypatch.setattr(torch.Tensor, "backward", trap)
+    monkeypatch.setattr(torch.autograd, "backward", trap)
+    monkeypatch.setattr(torch.autograd, "grad", trap)
+    model = BioMLP(hidden_sizes=(16,), seed=0)
+    rule.estimate(model, cross_entropy, *digits_batch)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("rule_cls", [NodePerturbation, WeightPerturbation])
+def test_estimate_leaves_weights_bit_identical(rule_cls, digits_batch):
+    model = BioMLP(hidden_sizes=(16,), seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rule_cls().estimate(model, cross_entropy, *digits_batch)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("rule_cls", [NodePerturbation, WeightPerturbation])
+def test_same_seed_same_estimate_and_state_roundtrip(rule_cls, digits_batch):
+    def grads_after(rule):
+        model = BioMLP(hidden_sizes=(16,), seed=0)
+        rule.estimate(model, cross_entropy, *digits_batch)
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    a, b = rule_cls(seed=1), rule_cls(seed=1)
+    assert torch.equal(grads_after(a), grads_after(b))
+    state = a.state_dict()
+    expected = grads_after(a)
+    restored = rule_cls(seed=999)
+    restored.load_state_dict(state)
+    assert torch.equal(grads_after(restored), expected)
+    assert not torch.equal(grads_after(rule_cls(seed=2)), grads_after(rule_cls(seed=1)))
+
+
+@pytest.mark.parametrize("rule_cls", [NodePerturbation, WeightPerturbation])
+def test_non_finite_loss_writes_no_gradient(rule_cls, digits_batch):
+    model = BioMLP(hidden_sizes=(16,), seed=0)
+    x, y = digits_batch
+    x = x.clone()
+    x[0, 0, 0, 0] = float("nan")
+    out = rule_cls().estimate(model, cross_entropy, x, y)
+    assert not out.finite
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_grad_accumulates_like_backward(digits_batch):
+    model = BioMLP(hidden_sizes=(8,), seed=0)
+    rule = NodePerturbation(seed=0)
+    rule.estimate(model, cross_entropy, *digits_batch)
+    first = [p.grad.clone() for p in model.parameters()]
+    rule.load_state_dict({"seed": 0, "generator_state": None})
+    rule._generator = None
+    rule.estimate(model, cross_entropy, *digits_batch)
+    for p, g in zip(model.parameters(), first):
+        assert torch.allclose(p.grad, 2 * g)
+
+
+@pytest.mark.parametrize(
+    "factory, name",
+    [
+        (lambda: NodePerturbation(sigma=0), "sigma"),
+        (lambda: NodePerturbation(sigma=-1.0), "sigma"),
+        (lambda: NodePerturbation(num_directions=0), "num_directions"),
+        (lambda: NodePerturbation(estimator="central"), "estimator"),
+        (lambda: WeightPerturbation(structure="sparse"), "structure"),
+        (lambda: WeightPerturbation(mode="exp"), "mode"),
+        (lambda: WeightPerturbation(rank=0), "rank"),
+        (lambda: WeightPerturbation(noise="uniform"), "noise"),
+    ],
+)
+def test_bad_rule_config_names_parameter(factory, name):
+    with pytest.raises(ValueError, match=rf"{name}=.*(allowed|must)"):
+        factory()
+
+
+def test_model_without_trainable_parameters_is_rejected(digits_batch):
+    model = BioMLP(hidden_sizes=(8,))
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        NodePerturbation().estimate(model, cross_entropy, *digits_batch)
+
+
+def test_model_without_supported_layers_is_rejected(digits_batch):
+    model = nn.Sequential(nn.Flatten(), nn.Bilinear(64, 64, 10))
+    with pytest.raises(ValueError, match="no trainable layer to perturb.*Linear"):
+        WeightPerturbation().targets(model)
+
+
+def test_layer_selection_trains_only_matching_layers(digits_batch):
+    model = BioMLP(hidden_sizes=(8,), seed=0)
+    rule = NodePerturbation(layers=["layers.2"])
+    with pytest.warns(UserWarning, match="will not be updated"):
+        rule.estimate(model, cross_entropy, *digits_batch)
+    assert model.layers[0].log_weight.grad is None
+    assert model.layers[2].log_weight.grad is not None
+
+
+def test_lowrank_perturbation_draws_few_random_numbers():
+    """The point of the low-rank structure: O(m + n) random numbers per layer, not O(m n)."""
+    rule = WeightPerturbation(num_directions=2, rank=1)
+    layer = nn.Linear(300, 200)
+    factors = rule._factors(layer, torch.Generator().manual_seed(0), layer.weight)
+    drawn = sum(f.numel() for f in factors.values())
+    assert drawn == 2 * (300 + 200 + 200)
+    assert drawn < layer.weight.numel() / 40
+
+
+def test_sigma_controls_perturbation_size(digits_batch):
+    """A tiny sigma must give a near-exact directional derivative (finite differences converge)."""
+    model = MODELS["torch_mlp"]().double()
+    x, y = digits_batch[0].double(), digits_batch[1]
+    rule = WeightPerturbation(sigma=1e-6, num_directions=1, structure="dense", seed=3)
+    rule.estimate(model, cross_entropy, x, y)
+    est = torch.cat([p.grad.flatten() for p in model.parameters()])
+    true = _autograd_grad(model, x, y)
+    # one direction z: est = (g·z) z, so est·g = (g·z)^2 >= 0 and est ∥ z
+    assert (est @ true).item() >= 0
+    assert math.isfinite(est.norm().item())
