@@ -29,5 +29,7 @@ def resolve_loss(loss: str | PerSampleLoss) -> PerSampleLoss:
     if callable(loss):
         return loss
     if loss not in LOSSES:
-        raise ValueError(f"loss={loss!r} is invalid: allowed names are {sorted(LOSSES)} or a callable.")
+        raise ValueError(
+            f"loss={loss!r} is invalid: allowed names are {sorted(LOSSES)} or a callable."
+        )
     return LOSSES[loss]

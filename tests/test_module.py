@@ -90,7 +90,8 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path, rule_factory):
     def fit(max_epochs, ckpt_path=None, callbacks=None):
         L.seed_everything(0)
         module = _module(rule_factory(), lr=0.01,
-                         lr_scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1,
+                         lr_scheduler=functools.partial(torch.optim.lr_scheduler.StepLR,
+                                                        step_size=1,
                                                         gamma=0.9))  # fmt: skip
         trainer = _trainer(tmp_path, max_epochs=max_epochs, callbacks=callbacks or [],
                            enable_checkpointing=bool(callbacks))  # fmt: skip

@@ -54,7 +54,8 @@ MODELS["residual"] = _Residual
 NODE_CASES = [(name, True) for name in MODELS] + [
     # perturbing all layers at once adds the other layers' noise to each layer's estimate:
     # unbiased, but it needs many more samples on the conv net (see the layerwise option)
-    (name, False) for name in ("dale_mlp", "torch_mlp", "residual")
+    (name, False)
+    for name in ("dale_mlp", "torch_mlp", "residual")
 ]
 
 
@@ -71,7 +72,8 @@ def test_node_perturbation_points_along_true_gradient(name, layerwise, digits_ba
 
 @pytest.mark.parametrize("name", ["dale_mlp", "torch_mlp", "dale_conv", "residual"])
 @pytest.mark.parametrize(
-    "structure, mode", [("lowrank", "additive"), ("dense", "additive"), ("lowrank", "multiplicative")]
+    "structure, mode",
+    [("lowrank", "additive"), ("dense", "additive"), ("lowrank", "multiplicative")],
 )
 def test_weight_perturbation_points_along_true_gradient(name, structure, mode, digits_batch):
     model = MODELS[name]()

@@ -9,9 +9,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 
-def stratified_split(
-    labels: Tensor, fraction: float, seed: int
-) -> tuple[Tensor, Tensor]:
+def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Split indices so that ``fraction`` of *each class* goes to the second part.
 
     Returns ``(first, second)`` index tensors, disjoint and together covering every index.

@@ -4,4 +4,11 @@ from .activations import KWinnersTakeAll
 from .dale import DaleConv2d, DaleLinear
 from .models import BioConvNet, BioMLP, InputNormalization
 
-__all__ = ["BioConvNet", "BioMLP", "DaleConv2d", "DaleLinear", "InputNormalization", "KWinnersTakeAll"]
+__all__ = [
+    "BioConvNet",
+    "BioMLP",
+    "DaleConv2d",
+    "DaleLinear",
+    "InputNormalization",
+    "KWinnersTakeAll",
+]

@@ -17,7 +17,7 @@ class KWinnersTakeAll(nn.Module):
     its non-differentiability costs nothing.
 
     Args:
-        sparsity: Fraction of units that are *silenced*, in [0, 1); ``k = ceil((1 - sparsity) * n)``.
+        sparsity: Fraction of units *silenced*, in [0, 1); ``k = ceil((1 - sparsity) * n)``.
         dim: The unit dimension (1 for both ``(N, C)`` and ``(N, C, H, W)`` inputs).
     """
 

@@ -31,7 +31,8 @@ def _check_config(inhibitory_fraction: float, parametrization: str, init_sigma: 
         )
     if parametrization not in _PARAMETRIZATIONS:
         raise ValueError(
-            f"parametrization={parametrization!r} is invalid: allowed values are {_PARAMETRIZATIONS}."
+            f"parametrization={parametrization!r} is invalid: "
+            f"allowed values are {_PARAMETRIZATIONS}."
         )
     if not init_sigma > 0:
         raise ValueError(f"init_sigma={init_sigma!r} is invalid: it must be > 0.")
@@ -66,7 +67,8 @@ def lognormal_log_magnitudes(
 
     Default ``mu`` gives ``Var[w] * fan_in = 2`` (He scaling of the weight *fluctuations*:
     a lognormal weight's mean carries ``exp(-sigma^2)`` of its second moment, which the
-    E/I balance cancels), so ReLU activations keep their scale with depth.  With ``balanced=True`` inhibitory weights are scaled by
+    E/I balance cancels), so ReLU activations keep their scale with depth.  With
+    ``balanced=True`` inhibitory weights are scaled by
     ``n_E / n_I`` so that every postsynaptic unit starts with zero expected net input from
     non-negative presynaptic activity (E/I balance), a standard cortical-model assumption.
     """
@@ -148,10 +150,12 @@ class _DaleMixin(nn.Module):
 
 
 def _accumulate(param: Tensor, grad: Tensor) -> None:
+    """``param.grad += grad``, like autograd does; ``grad`` must be a fresh tensor (it is
+    adopted without a copy when ``param.grad`` is None)."""
     if param.grad is None:
-        param.grad = grad.detach().to(param.dtype).clone()
+        param.grad = grad.detach().to(param.dtype).view(param.shape)
     else:
-        param.grad.add_(grad.to(param.grad.dtype))
+        param.grad.add_(grad.view(param.shape).to(param.grad.dtype))
 
 
 class DaleLinear(_DaleMixin):

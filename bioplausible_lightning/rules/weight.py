@@ -200,8 +200,8 @@ class WeightPerturbation(PerturbationRule):
                        direction: Tensor, sign: Tensor) -> Tensor:  # fmt: skip
         """``σ⁻¹ ×`` the output change of every replica, without forming ``U Vᵀ``."""
         scale = sign.view(-1, 1, 1) / math.sqrt(self.rank)
-        u = factors["u"][direction] * scale  # (R, out, r)
-        v = factors["v"][direction]  # (R, fan, r)
+        u = factors["u"].index_select(0, direction) * scale  # (R, out, r)
+        v = factors["v"].index_select(0, direction)  # (R, fan, r)
         if not is_conv(module):
             flat = xs.reshape(xs.shape[0], -1, xs.shape[-1])
             delta = torch.bmm(torch.bmm(flat, v), u.transpose(1, 2))
@@ -218,15 +218,22 @@ class WeightPerturbation(PerturbationRule):
                     gen: torch.Generator) -> None:  # fmt: skip
         if "bias" in factors:
             accumulate_param_grad(module.bias, coeff @ factors["bias"])
+        param = weight_param(module)
+        multiplicative = self._multiplicative(module)
         if self.structure == "lowrank":
-            u = factors["u"] * coeff.view(-1, 1, 1)
-            grad = torch.einsum("kor,kir->oi", u, factors["v"]) / math.sqrt(self.rank)
-            grad = grad.view(weight_param(module).shape)
+            # Σ_k c_k U_k V_kᵀ / √r as one (out × K·r) @ (K·r × fan) product
+            u = (factors["u"] * (coeff / math.sqrt(self.rank)).view(-1, 1, 1)).transpose(0, 1)
+            u = u.reshape(param.shape[0], -1)
+            v = factors["v"].transpose(0, 1).reshape(-1, u.shape[1])
+            if (multiplicative or not is_exp_dale(module)) and param.grad is not None:
+                param.grad.view(param.shape[0], -1).addmm_(u, v.T)  # in place: no temporary
+                return
+            grad = (u @ v.T).view(param.shape)
         else:
-            grad = torch.zeros_like(weight_param(module))
+            grad = torch.zeros_like(param)
             for k in range(self.num_directions):
                 grad.add_(self._direction(module, factors, k, gen), alpha=float(coeff[k]))
-        if self._multiplicative(module):
-            accumulate_param_grad(weight_param(module), grad)
+        if multiplicative:
+            accumulate_param_grad(param, grad)
         else:
             accumulate_weight_grad(module, grad)
