@@ -1,5 +1,6 @@
 """bioplausible-lightning: backprop-free, biologically plausible learning for PyTorch Lightning."""
 
+from .callbacks import DaleLawMonitor, SparsityMonitor, WeightDistributionMonitor
 from .data import DigitsDataModule
 from .module import BackpropModule, ClassifierModule, PerturbationModule
 from .nn import BioConvNet, BioMLP, DaleConv2d, DaleLinear, InputNormalization, KWinnersTakeAll
@@ -12,6 +13,7 @@ __all__ = [
     "BioConvNet",
     "BioMLP",
     "ClassifierModule",
+    "DaleLawMonitor",
     "DaleConv2d",
     "DaleLinear",
     "DigitsDataModule",
@@ -21,5 +23,7 @@ __all__ = [
     "PerturbationModule",
     "PerturbationRule",
     "RuleOutput",
+    "SparsityMonitor",
+    "WeightDistributionMonitor",
     "WeightPerturbation",
 ]

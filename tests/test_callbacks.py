@@ -75,7 +75,7 @@ def monitors(every: int = 4) -> list:
     return [
         SparsityMonitor(log_every_n_steps=every),
         DaleLawMonitor(log_every_n_steps=every),
-        WeightDistributionMonitor(log_every_n_steps=every),
+        WeightDistributionMonitor(log_every_n_steps=every, save_figure=True),
     ]
 
 
@@ -253,6 +253,23 @@ def test_weight_getter_reaches_arbitrary_modules(tmp_path) -> None:
     assert [name for name, _ in dale.layers] == ["net.0"]
     assert dale.history[0]["dale/net.0/sign_consistency"] == 1.0  # uniform(0, 1): all positive
     assert weights.latest["weights/net.0/positive_fraction"] <= 1.0
+
+
+def test_user_probe_and_forward_fn_also_serve_trainer_validate(tmp_path) -> None:
+    seen: list[int] = []
+
+    def forward_fn(module: L.LightningModule, batch: tuple[Tensor, Tensor]) -> Tensor:
+        seen.append(batch[0].shape[0])
+        return module(batch[0])
+
+    x, y = torch.rand(300, 1, 8, 8), torch.zeros(300, dtype=torch.long)
+    monitor = SparsityMonitor(probe_batch=(x, y), probe_size=40, forward_fn=forward_fn)
+    trainer = L.Trainer(
+        logger=False, callbacks=[monitor], enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=1, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.validate(PlainClassifier(), DigitsDataModule(batch_size=32), verbose=False)
+    assert seen == [40] and len(monitor.history) == 1
 
 
 def test_layer_selection_by_type_and_name() -> None:

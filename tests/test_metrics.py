@@ -14,6 +14,7 @@ from bioplausible_lightning.metrics import (
     activity_sparsity,
     count_sign_flips,
     dale_statistics,
+    dead_fraction,
     ei_ratio,
     fraction_near_zero,
     fraction_positive,
@@ -93,6 +94,25 @@ def test_nonfinite_activity_rows_are_dropped_and_counted() -> None:
     assert out["hoyer"] == pytest.approx(1.0)  # the two finite rows are one-hot
     assert all(math.isfinite(v) for v in out.values())
     assert math.isnan(hoyer_sparseness(torch.full((2, 3), float("nan"))))
+
+
+def test_one_pass_summary_equals_the_single_measures_on_both_reduction_paths() -> None:
+    from bioplausible_lightning.metrics.activity import _reduce
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(40, 30, generator=g))
+    x[:, 5] = 0.0  # a dead unit
+    x[3, 2] = float("nan")
+    summary = activity_sparsity(x, unit_dim=1)
+    assert summary["hoyer"] == pytest.approx(hoyer_sparseness(x))
+    assert summary["population_sparseness"] == pytest.approx(population_sparseness(x))
+    assert summary["lifetime_sparseness"] == pytest.approx(lifetime_sparseness(x))
+    assert summary["dead_fraction"] == pytest.approx(1 / 30) == dead_fraction(x)
+    assert summary["nonfinite"] == 1
+    # numpy (CPU) and torch (other devices) reductions agree
+    host, device = _reduce(x, 1e-6, host=True), _reduce(x, 1e-6, host=False)
+    for a, b in zip(host, device, strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
 
 
 def test_weight_sparsity_is_relative_to_the_largest_weight() -> None:

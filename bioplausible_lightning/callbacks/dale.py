@@ -44,7 +44,7 @@ class DaleLawMonitor(Monitor):
 
     def __init__(
         self,
-        log_every_n_steps: int | None = 50,
+        log_every_n_steps: int | None = 100,
         log_on_epoch_end: bool = False,
         layer_types: Sequence[type[nn.Module]] | None = None,
         name_pattern: str | None = None,

@@ -40,13 +40,13 @@ def preserved_rng(device: torch.device) -> Iterator[None]:
 @contextmanager
 def evaluation_mode(module: nn.Module) -> Iterator[None]:
     """``module.eval()`` for the duration, then every submodule's own flag restored."""
-    modes = [(m, m.training) for m in module.modules()]
+    training = [m for m in module.modules() if m.training]
     module.eval()
     try:
         yield
     finally:
-        for m, training in modes:
-            m.training = training
+        for m in training:
+            m.training = True
 
 
 def _first_loader(loaders: Any) -> Any:
@@ -96,7 +96,7 @@ class SparsityMonitor(Monitor):
 
     def __init__(
         self,
-        log_every_n_steps: int | None = 50,
+        log_every_n_steps: int | None = 100,
         log_on_epoch_end: bool = True,
         layer_types: Sequence[type[nn.Module]] | None = None,
         name_pattern: str | None = None,
@@ -148,8 +148,9 @@ class SparsityMonitor(Monitor):
 
         return move_data_to_device(apply_to_collection(batch, Tensor, cut), pl_module.device)
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._probe is not None or not trainer.is_global_zero:
+    def _resolve_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``probe_batch``, else the first batch of the first validation loader (if any)."""
+        if self._probe is not None:
             return
         if self.probe_batch is not None:
             self._probe = self._prepare(self.probe_batch, pl_module)
@@ -162,6 +163,10 @@ class SparsityMonitor(Monitor):
             if batch is not None:
                 self._probe = self._prepare(batch, pl_module)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._resolve_probe(trainer, pl_module)
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
@@ -171,7 +176,8 @@ class SparsityMonitor(Monitor):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.log_on_epoch_end and not trainer.sanity_checking and self._probe is not None:
+        if self.log_on_epoch_end and not trainer.sanity_checking and trainer.is_global_zero:
+            self._resolve_probe(trainer, pl_module)  # also covers Trainer.validate()
             self.sample(trainer, pl_module)
 
     # -- measurement ----------------------------------------------------------------------
@@ -182,7 +188,7 @@ class SparsityMonitor(Monitor):
         dim = self._unit_dims.get(name, 1)
         if activity.ndim == 1 or not -activity.ndim <= dim < activity.ndim:
             dim = -1
-        self._captured[name].append(activity_sparsity(activity.float(), dim, self.activity_tol))
+        self._captured[name].append(activity_sparsity(activity, dim, self.activity_tol))
 
     def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         if self._probe is None:

@@ -48,7 +48,7 @@ class WeightDistributionMonitor(Monitor):
 
     def __init__(
         self,
-        log_every_n_steps: int | None = 100,
+        log_every_n_steps: int | None = 200,
         log_on_epoch_end: bool = False,
         layer_types: Sequence[type[nn.Module]] | None = None,
         name_pattern: str | None = None,
@@ -97,7 +97,7 @@ class WeightDistributionMonitor(Monitor):
         return out
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_figure and trainer.is_global_zero and not self._first:
+        if self.save_figure and trainer.is_global_zero:
             self._first = {
                 name: sample_values(w, self.max_samples).abs().float()
                 for name, w in self._weights().items()

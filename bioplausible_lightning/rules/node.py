@@ -115,6 +115,7 @@ class NodePerturbation(PerturbationRule):
     @staticmethod
     def _accumulate(module: nn.Module, x: Tensor, delta: Tensor, scale: float) -> None:
         """Layer-local update: correlate ``delta`` with the layer's input."""
+        delta = delta * scale  # small: scale here, not the weight-sized product
         if is_conv(module):
             flat_x = x.reshape(-1, *x.shape[2:])
             flat_delta = delta.reshape(-1, *delta.shape[2:])
@@ -128,6 +129,6 @@ class NodePerturbation(PerturbationRule):
             flat_delta = delta.reshape(-1, delta.shape[-1])
             grad_w = flat_delta.T @ flat_x
             grad_b = flat_delta.sum(0)
-        accumulate_weight_grad(module, grad_w * scale)
+        accumulate_weight_grad(module, grad_w)
         if module.bias is not None and module.bias.requires_grad:
-            accumulate_param_grad(module.bias, grad_b * scale)
+            accumulate_param_grad(module.bias, grad_b)
