@@ -48,6 +48,31 @@ def _activation(sparsity: float) -> nn.Module:
     return KWinnersTakeAll(sparsity) if sparsity > 0 else nn.ReLU()
 
 
+def _dense_stack(
+    sizes: Sequence[int],
+    dale: bool,
+    sparsity: float,
+    inhibitory_fraction: float,
+    parametrization: Parametrization,
+    init_sigma: float,
+    generator: torch.Generator | None,
+) -> list[nn.Module]:
+    """Fully connected layers ``sizes[0] → … → sizes[-1]``, an activation between each pair."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if dale:
+            layers.append(
+                DaleLinear(n_in, n_out, inhibitory_fraction=inhibitory_fraction,
+                           parametrization=parametrization, init_sigma=init_sigma,
+                           generator=generator)
+            )  # fmt: skip
+        else:
+            layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(_activation(sparsity))
+    return layers
+
+
 def _check_positive_ints(name: str, values: Sequence[int]) -> None:
     if any(int(v) < 1 for v in values):
         raise ValueError(f"{name}={list(values)!r} is invalid: every entry must be an int >= 1.")
@@ -92,19 +117,10 @@ class BioMLP(nn.Module):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.normalize = InputNormalization(input_mean, input_std)
         sizes = [math.prod(self.input_shape), *[int(h) for h in hidden_sizes], num_classes]
-        layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            if dale:
-                layers.append(
-                    DaleLinear(n_in, n_out, inhibitory_fraction=inhibitory_fraction,
-                               parametrization=parametrization, init_sigma=init_sigma,
-                               generator=generator)
-                )  # fmt: skip
-            else:
-                layers.append(nn.Linear(n_in, n_out))
-            if i < len(sizes) - 2:
-                layers.append(_activation(sparsity))
-        self.layers = nn.Sequential(*layers)
+        self.layers = nn.Sequential(
+            *_dense_stack(sizes, dale, sparsity, inhibitory_fraction, parametrization, init_sigma,
+                          generator)
+        )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.normalize(_check_input(x, self.input_shape, type(self).__name__))
@@ -168,19 +184,11 @@ class BioConvNet(nn.Module):
             c, h, w = out_c, h // 2, w // 2
         self.features = nn.Sequential(*features)
         sizes = [c * h * w] + ([hidden_size] if hidden_size > 0 else []) + [num_classes]
-        head: list[nn.Module] = [nn.Flatten()]
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            if dale:
-                head.append(
-                    DaleLinear(n_in, n_out, inhibitory_fraction=inhibitory_fraction,
-                               parametrization=parametrization, init_sigma=init_sigma,
-                               generator=generator)
-                )  # fmt: skip
-            else:
-                head.append(nn.Linear(n_in, n_out))
-            if i < len(sizes) - 2:
-                head.append(_activation(sparsity))
-        self.head = nn.Sequential(*head)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            *_dense_stack(sizes, dale, sparsity, inhibitory_fraction, parametrization, init_sigma,
+                          generator),
+        )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.normalize(_check_input(x, self.input_shape, type(self).__name__))
