@@ -115,8 +115,7 @@ class ClassifierModule(L.LightningModule):
                 "scheduler": self.lr_scheduler_factory(optimizer),
                 "interval": self.lr_scheduler_interval,
                 "frequency": self.lr_scheduler_frequency,
-                "monitor": self.lr_scheduler_monitor,
-            },
+            },  # the monitor is read in _step_schedulers: Lightning ignores it when manual
         }
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

@@ -60,6 +60,19 @@ def _apply(module: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
     return F.linear(x, weight)
 
 
+def _add_outer_products(out: Tensor | None, u: Tensor, v: Tensor) -> Tensor:
+    """``out + u @ v.T`` for thin ``u``, ``v``: broadcast products for a few columns, where a
+    GEMM with a tiny inner dimension is several times slower on CPU."""
+    if u.shape[1] > 8:
+        return u @ v.T if out is None else out.addmm_(u, v.T)
+    start = 0
+    if out is None:
+        out, start = u[:, :1] * v[:, :1].T, 1
+    for j in range(start, u.shape[1]):
+        out.addcmul_(u[:, j : j + 1], v[:, j : j + 1].T)
+    return out
+
+
 class WeightPerturbation(PerturbationRule):
     """Antithetic / forward-difference weight perturbation with seeded regeneration.
 
@@ -226,9 +239,9 @@ class WeightPerturbation(PerturbationRule):
             u = u.reshape(param.shape[0], -1)
             v = factors["v"].transpose(0, 1).reshape(-1, u.shape[1])
             if (multiplicative or not is_exp_dale(module)) and param.grad is not None:
-                param.grad.view(param.shape[0], -1).addmm_(u, v.T)  # in place: no temporary
+                _add_outer_products(param.grad.view(param.shape[0], -1), u, v)  # in place
                 return
-            grad = (u @ v.T).view(param.shape)
+            grad = _add_outer_products(None, u, v).view(param.shape)
         else:
             grad = torch.zeros_like(param)
             for k in range(self.num_directions):
