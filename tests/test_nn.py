@@ -34,8 +34,23 @@ def test_default_scale_keeps_first_layer_activity_of_order_one():
     x = torch.relu(torch.randn(1000, 256))
     out = layer(x)
     assert 0.3 < out.std().item() < 3.0
-    # balanced E/I: the expected net input from non-negative activity is near zero
-    assert abs(out.mean().item()) < 0.5 * out.std().item()
+    # detailed E/I balance: every unit's E and I weights sum to the same total
+    assert layer.weight.sum(1).abs().max() < 1e-4 * layer.weight.abs().sum(1).min()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_activity_neither_vanishes_nor_explodes_and_inputs_stay_distinct_at_depth(seed):
+    model = BioMLP(input_shape=(1, 8, 8), hidden_sizes=[128] * 8, seed=seed)
+    x = model.normalize(torch.rand(256, 1, 8, 8)).flatten(1)
+    spreads = []
+    for layer in model.layers:
+        x = layer(x)
+        if isinstance(layer, DaleLinear):
+            spreads.append(x.std(0).mean().item())  # variation across inputs, per unit
+    assert all(0.1 < s < 10 for s in spreads), spreads
+    logits = x
+    # different inputs still give different outputs (no collapse onto one vector)
+    assert logits.std(0).mean() > 0.1 * logits.abs().mean()
 
 
 def test_any_update_of_log_weight_keeps_dale_law():

@@ -152,7 +152,8 @@ def extract_features(
     """Frozen features ``(N, D)`` and labels.
 
     ``layer=None`` takes the *input* of the readout layer (the penultimate representation);
-    a module name takes that module's *output*, flattened per example.
+    a module name takes that module's *output*, flattened per example (``""``: the model's
+    own output, e.g. ``nn.Flatten()`` for a raw-pixel reference).
     """
     x, y = collect(data, max_samples)
     name = layer if layer is not None else default_feature_layer(model)

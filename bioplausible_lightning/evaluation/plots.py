@@ -72,8 +72,9 @@ def plot_fewshot(fewshot: Mapping[str, Any], path: Path) -> Path:
         ks = sorted(per_k, key=int)
         mean = [per_k[k]["mean"] for k in ks]
         ci = [per_k[k]["ci"] for k in ks]
-        axes[1].errorbar([int(k) for k in ks], mean, yerr=ci, fmt="o-", capsize=3,
-                         label=name, color=COLORS.get(name))  # fmt: skip
+        style = "o-" if name in COLORS else "s:"
+        axes[1].errorbar([int(k) for k in ks], mean, yerr=ci, fmt=style, capsize=3,
+                         label=name, color=COLORS.get(name, "gray"))  # fmt: skip
     axes[1].set(title=f"(b) {episodic.get('n_way', 'N')}-way, held-out classes",
                 xlabel="K shots", ylabel="episode accuracy", ylim=(0, 1))  # fmt: skip
     for ax in axes:
@@ -118,9 +119,10 @@ def plot_sparsity(history: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
     for name, per_layer in history.items():
         for layer, series in per_layer.items():
-            style = dict(color=COLORS.get(name), label=f"{name} {layer}")
-            axes[0].plot(series["epoch"], series["population_sparseness"], "o-", **style)
-            axes[1].plot(series["epoch"], series["silent_fraction"], "o-", **style)
+            style = dict(color=COLORS.get(name), label=f"{name} {layer}", marker="o",
+                         markersize=3 if len(series["epoch"]) > 20 else 6)  # fmt: skip
+            axes[0].plot(series["epoch"], series["population_sparseness"], **style)
+            axes[1].plot(series["epoch"], series["silent_fraction"], **style)
     axes[0].set(xlabel="epoch", ylabel="population sparseness", ylim=(0, 1))
     axes[1].set(xlabel="epoch", ylabel="silent units", ylim=(0, 1))
     for ax in axes:

@@ -41,8 +41,10 @@ from .training import ModuleFactory, fit
 # =========================================================================================
 # TUNED SETTINGS — the ONE place to update the models' and learning rules' hyper-parameters.
 # Both learners always get the same architecture ("model"), data, seed, batch size and number
-# of updates; only the gradient source differs.  "bio" builds a PerturbationModule with the
-# named rule; "backprop" builds a BackpropModule.  "module_kwargs" go to the module as is.
+# of updates and LR schedule; only the gradient source differs.  "bio" builds a
+# PerturbationModule with the named rule, "backprop" a BackpropModule; "module_kwargs" go to the
+# module as is.  "lr_scheduler": None or "cosine" (cosine annealing to 0 over each run's budget:
+# its epochs, or its optimizer steps for the step-budgeted few-shot runs).
 # =========================================================================================
 _MLP = {
     "kind": "mlp",
@@ -51,21 +53,37 @@ _MLP = {
     "parametrization": "exp",
     "dale": True,
 }
-_NODE = {
-    "rule": "node",
-    "rule_kwargs": {"sigma": 0.1, "num_directions": 4, "layerwise": True},
-    "optimizer": "Adam",
-    "optimizer_kwargs": {"lr": 1e-2},
-    "module_kwargs": {},
-}
-_BACKPROP = {"optimizer": "Adam", "optimizer_kwargs": {"lr": 1e-2}, "module_kwargs": {}}
 TUNED: dict[str, dict[str, Any]] = {
-    "digits": {"model": {**_MLP, "hidden_sizes": [256]}, "bio": _NODE, "backprop": _BACKPROP,
-               "batch_size": 64},
-    "mnist": {"model": {**_MLP, "hidden_sizes": [256]}, "bio": _NODE, "backprop": _BACKPROP,
-              "batch_size": 64},
-    "cifar10": {"model": {**_MLP, "hidden_sizes": [512]}, "bio": _NODE, "backprop": _BACKPROP,
-                "batch_size": 64},
+    # = examples/digits.yaml (the package's default run)
+    "digits": {
+        "model": {**_MLP, "hidden_sizes": [256]},
+        "bio": {"rule": "node",
+                "rule_kwargs": {"sigma": 0.1, "num_directions": 4, "layerwise": True},
+                "optimizer": "Adam", "optimizer_kwargs": {"lr": 1e-2}, "module_kwargs": {}},
+        "backprop": {"optimizer": "Adam", "optimizer_kwargs": {"lr": 1e-2}, "module_kwargs": {}},
+        "lr_scheduler": None,
+        "batch_size": 64,
+    },
+    # = examples/mnist.yaml
+    "mnist": {
+        "model": {**_MLP, "hidden_sizes": [256]},
+        "bio": {"rule": "node",
+                "rule_kwargs": {"sigma": 0.05, "num_directions": 8, "layerwise": False},
+                "optimizer": "Adam", "optimizer_kwargs": {"lr": 1e-2}, "module_kwargs": {}},
+        "backprop": {"optimizer": "Adam", "optimizer_kwargs": {"lr": 1e-2}, "module_kwargs": {}},
+        "lr_scheduler": "cosine",
+        "batch_size": 64,
+    },
+    # not tuned separately: the MNIST rule settings on a wider MLP
+    "cifar10": {
+        "model": {**_MLP, "hidden_sizes": [512]},
+        "bio": {"rule": "node",
+                "rule_kwargs": {"sigma": 0.05, "num_directions": 8, "layerwise": False},
+                "optimizer": "Adam", "optimizer_kwargs": {"lr": 1e-2}, "module_kwargs": {}},
+        "backprop": {"optimizer": "Adam", "optimizer_kwargs": {"lr": 1e-2}, "module_kwargs": {}},
+        "lr_scheduler": "cosine",
+        "batch_size": 64,
+    },
 }  # fmt: skip
 TUNED["imagefolder"] = TUNED["cifar10"]
 
@@ -153,14 +171,15 @@ def full_config(
     out_dir: str | None = None,
     **overrides: Any,
 ) -> ComparisonConfig:
-    """The full setting (MNIST-5k or the CIFAR-10 subset on a 2-core machine: ~10 min each)."""
+    """The full setting: MNIST-5k (~7 min on one CPU thread) or the CIFAR-10 subset (~11 min)."""
     settings: dict[str, Any] = dict(dataset=dataset, data_dir=data_dir,
                                     out_dir=out_dir or f"comparison-{dataset}")  # fmt: skip
     if dataset == "mnist":
-        settings.update(epochs=20, depths=(1, 2, 4, 8, 16), depth_epochs=5)
-    else:
-        settings.update(epochs=20, eps=(2 / 255, 4 / 255, 8 / 255, 16 / 255),
-                        attack_samples=500, square_queries=500, depths=(1, 2, 4, 8),
+        settings.update(epochs=60, depths=(1, 2, 4, 8, 16), depth_epochs=5)
+    else:  # ~3x the cost per example of MNIST, with twice the examples: smaller budgets
+        settings.update(epochs=15, eps=(2 / 255, 4 / 255, 8 / 255, 16 / 255),
+                        attack_samples=500, square_queries=500, fewshot_seeds=(0, 1, 2),
+                        fewshot_steps=200, base_epochs=10, depths=(1, 2, 4, 8),
                         depth_epochs=3, depth_width=256)  # fmt: skip
     settings.update(overrides)
     return ComparisonConfig(**settings)
@@ -212,8 +231,13 @@ def _optimizer(spec: dict[str, Any]) -> Callable:
     return functools.partial(getattr(torch.optim, spec["optimizer"]), **spec["optimizer_kwargs"])
 
 
-def module_factories(tuned: dict[str, Any]) -> dict[str, ModuleFactory]:
-    """``{"bio": model -> PerturbationModule, "backprop": model -> BackpropModule}``."""
+def module_factories(
+    tuned: dict[str, Any], epochs: int | None = None, steps: int | None = None
+) -> dict[str, ModuleFactory]:
+    """``{"bio": model -> PerturbationModule, "backprop": model -> BackpropModule}``.
+
+    ``epochs`` or ``steps`` is the run's budget, which a ``"cosine"`` schedule spans.
+    """
     from ..module import BackpropModule, PerturbationModule
     from ..rules import NodePerturbation, WeightPerturbation
 
@@ -221,13 +245,29 @@ def module_factories(tuned: dict[str, Any]) -> dict[str, ModuleFactory]:
     bio, bp = tuned["bio"], tuned["backprop"]
     if bio["rule"] not in rules:
         raise ValueError(f"rule={bio['rule']!r} is invalid: allowed values are {tuple(rules)}.")
+    schedule: dict[str, Any] = {}
+    name = tuned.get("lr_scheduler")
+    if name == "cosine":
+        if (epochs is None) == (steps is None):
+            raise ValueError("a 'cosine' lr_scheduler needs exactly one of epochs or steps.")
+        t_max = epochs if epochs is not None else steps
+        schedule = {
+            "lr_scheduler": functools.partial(
+                torch.optim.lr_scheduler.CosineAnnealingLR, T_max=t_max
+            ),
+            "lr_scheduler_interval": "epoch" if epochs is not None else "step",
+        }
+    elif name is not None:
+        raise ValueError(f"lr_scheduler={name!r} is invalid: allowed values are None, 'cosine'.")
 
     def make_bio(model: nn.Module) -> L.LightningModule:
         rule = rules[bio["rule"]](**bio["rule_kwargs"])
-        return PerturbationModule(model, rule, optimizer=_optimizer(bio), **bio["module_kwargs"])
+        return PerturbationModule(
+            model, rule, optimizer=_optimizer(bio), **schedule, **bio["module_kwargs"]
+        )
 
     def make_bp(model: nn.Module) -> L.LightningModule:
-        return BackpropModule(model, optimizer=_optimizer(bp), **bp["module_kwargs"])
+        return BackpropModule(model, optimizer=_optimizer(bp), **schedule, **bp["module_kwargs"])
 
     return {"bio": make_bio, "backprop": make_bp}
 
@@ -235,9 +275,11 @@ def module_factories(tuned: dict[str, Any]) -> dict[str, ModuleFactory]:
 def describe_learners(tuned: dict[str, Any]) -> dict[str, str]:
     bio, bp = tuned["bio"], tuned["backprop"]
     kw = ", ".join(f"{k}={v}" for k, v in bio["rule_kwargs"].items())
+    sched = f", {tuned['lr_scheduler']} LR schedule" if tuned.get("lr_scheduler") else ""
     return {
-        "bio": f"{bio['rule']} perturbation ({kw}), {bio['optimizer']} {bio['optimizer_kwargs']}",
-        "backprop": f"backprop, {bp['optimizer']} {bp['optimizer_kwargs']}",
+        "bio": f"{bio['rule']} perturbation ({kw}), {bio['optimizer']} "
+        f"{bio['optimizer_kwargs']}{sched}",
+        "backprop": f"backprop, {bp['optimizer']} {bp['optimizer_kwargs']}{sched}",
     }
 
 
@@ -318,7 +360,6 @@ def _run(config: ComparisonConfig, start: float) -> dict[str, Any]:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tuned = copy.deepcopy(config.tuned or TUNED[config.dataset])
-    factories = module_factories(tuned)
     dm = make_datamodule(config, tuned["batch_size"])
     data = PreloadedDataModule.from_datamodule(dm)
     data.setup("fit")
@@ -349,6 +390,7 @@ def _run(config: ComparisonConfig, start: float) -> dict[str, Any]:
     probe = _sample(data, 512, config.seed, split="val")
     models: dict[str, nn.Module] = {}
     clean, history, train_seconds = {}, {}, {}
+    factories = module_factories(tuned, epochs=config.epochs)
     for name in LEARNERS:
         model = build_model(tuned["model"], data, config.seed)
         recorder = ActivityHistory(probe)
@@ -399,6 +441,7 @@ def _run(config: ComparisonConfig, start: float) -> dict[str, Any]:
         t = time.perf_counter()
         test_loader = data.test_dataloader()
         results: dict[str, dict[str, Any]] = {name: {} for name in LEARNERS}
+        factories = module_factories(tuned, steps=config.fewshot_steps)
         for k in config.shots:
             for name in LEARNERS:
                 accs = []
@@ -430,6 +473,7 @@ def _run(config: ComparisonConfig, start: float) -> dict[str, Any]:
         x_all, y_all = collect(data.test_set)
         held_data = (x_all[keep], y_all[keep])
         results = {name: {} for name in LEARNERS}
+        factories = module_factories(tuned, epochs=base_epochs)
         for name in LEARNERS:
             model = build_model(tuned["model"], base_data, config.seed)
             fit(factories[name](model), base_data, max_epochs=base_epochs, seed=config.seed,
@@ -438,6 +482,13 @@ def _run(config: ComparisonConfig, start: float) -> dict[str, Any]:
                 est = episodic_few_shot(model, held_data, held, n_way, int(k), config.n_query,
                                         config.episodes, seed=config.seed)  # fmt: skip
                 results[name][str(k)] = est.to_dict()
+        # reference: prototypes of raw pixels, on the very same episodes
+        results["pixels"] = {
+            str(k): episodic_few_shot(nn.Flatten(), held_data, held, n_way, int(k),
+                                      config.n_query, config.episodes, layer="",
+                                      seed=config.seed).to_dict()
+            for k in config.episodic_shots
+        }  # fmt: skip
         report["fewshot"] = report.get("fewshot", {})
         report["fewshot"]["episodic"] = {
             "protocol": (
@@ -459,6 +510,7 @@ def _run(config: ComparisonConfig, start: float) -> dict[str, Any]:
         def model_at(depth: int) -> nn.Module:
             return build_model(tuned["model"], data, config.seed, depth, config.depth_width)
 
+        factories = module_factories(tuned, epochs=config.depth_epochs)
         res = depth_sweep(model_at, factories, data, config.depths, config.depth_epochs,
                           seed=config.seed)  # fmt: skip
         report["depth"] = res.to_dict()
@@ -584,8 +636,10 @@ def summary_markdown(report: dict[str, Any]) -> str:
     if "episodic" in few:
         ep = few["episodic"]
         for k in ep["results"]["bio"]:
-            row(f"{ep['n_way']}-way {k}-shot (b)", ep["protocol"], _est(ep["results"]["bio"][k]),
-                _est(ep["results"]["backprop"][k]))  # fmt: skip
+            pixels = ep["results"].get("pixels", {}).get(k)
+            ref = f" (raw-pixel prototypes, same episodes: {_est(pixels)})" if pixels else ""
+            row(f"{ep['n_way']}-way {k}-shot (b)", ep["protocol"] + ref,
+                _est(ep["results"]["bio"][k]), _est(ep["results"]["backprop"][k]))  # fmt: skip
     if "depth" in report:
         d = report["depth"]
         for i, depth in enumerate(d["depths"]):

@@ -32,6 +32,7 @@ def quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=".*lr scheduler dict contains the key.*")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):

@@ -65,27 +65,34 @@ def lognormal_log_magnitudes(
 ) -> Tensor:
     """Draw ``log|w| ~ N(mu, sigma^2)`` per weight; ``signs`` broadcasts along dim 1.
 
-    Default ``mu`` gives ``Var[w] * fan_in = 2`` (He scaling of the weight *fluctuations*:
-    a lognormal weight's mean carries ``exp(-sigma^2)`` of its second moment, which the
-    E/I balance cancels), so ReLU activations keep their scale with depth.  With
-    ``balanced=True`` inhibitory weights are scaled by
-    ``n_E / n_I`` so that every postsynaptic unit starts with zero expected net input from
-    non-negative presynaptic activity (E/I balance), a standard cortical-model assumption.
+    With ``balanced=True`` (and both E and I units present) every postsynaptic unit's
+    inhibitory weights are scaled so that its excitatory and inhibitory weights sum to the
+    same total: a uniform (common-mode) input then drives it not at all.  Without this
+    detailed E/I balance, all-positive ReLU activity pushes every unit by a random offset
+    that grows layer after layer until deep networks map every input to the same output.
+    The default ``mu`` then sets the *fluctuating* part of the weights to He scale,
+    ``Var[w | presynaptic unit] * fan_in = 2``: with one sign per presynaptic unit, a
+    lognormal weight's mean carries ``exp(-sigma^2)`` of its second moment, and that part
+    only moves the common mode, which the balance cancels.  ReLU activity then keeps its
+    scale with depth.  The magnitudes stay lognormal within each E/I group of a unit (a
+    per-unit shift of ``log|w|``).
     """
-    if init_mu is None:
-        variance_fraction = -math.expm1(-(init_sigma**2))
-        init_mu = 0.5 * math.log(2.0 / (fan_in * variance_fraction)) - init_sigma**2
+    default_scale = init_mu is None
+    target = 2.0 / (fan_in * -math.expm1(-(init_sigma**2)))  # E[w^2] giving He-scaled Var
+    if default_scale:
+        init_mu = 0.5 * math.log(target) - init_sigma**2
     log_w = torch.randn(shape, generator=generator) * init_sigma + init_mu
-    if balanced:
-        n_inh = int((signs < 0).sum())
-        n_exc = signs.numel() - n_inh
-        if n_inh and n_exc:
-            extra = [1] * (len(shape) - 2)
-            inh = (signs < 0).view(1, -1, *extra).expand(shape)
-            log_w = torch.where(inh, log_w + math.log(n_exc / n_inh), log_w)
-            # keep the overall second moment at the He target
-            scale = (n_exc + n_inh * (n_exc / n_inh) ** 2) / signs.numel()
-            log_w = log_w - 0.5 * math.log(scale)
+    inh = (signs < 0).view(1, -1, *([1] * (len(shape) - 2))).expand(shape)
+    if balanced and inh.any() and not inh.all():
+        magnitudes = log_w.exp()
+        dims = tuple(range(1, len(shape)))
+        excitation = magnitudes.masked_fill(inh, 0).sum(dims)
+        inhibition = magnitudes.masked_fill(~inh, 0).sum(dims)
+        shift = (excitation / inhibition).log().view(-1, *([1] * (len(shape) - 1)))
+        log_w = torch.where(inh, log_w + shift, log_w)
+        if default_scale:
+            second_moment = (2 * log_w).exp().mean()
+            log_w = log_w + 0.5 * (math.log(target) - second_moment.log())
     return log_w
 
 

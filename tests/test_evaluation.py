@@ -1,0 +1,349 @@
+"""Robustness, few-shot, depth, representations and the one-command report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from bioplausible_lightning.data import DigitsDataModule
+from bioplausible_lightning.evaluation import (
+    AttackConfig,
+    EpisodeSampler,
+    PreloadedDataModule,
+    RobustnessCallback,
+    adversarial_examples,
+    class_selectivity,
+    episodic_few_shot,
+    evaluate_robustness,
+    from_scratch_few_shot,
+    mean_ci,
+    nearest_prototype_accuracy,
+    representation_report,
+    robust_accuracy,
+)
+from bioplausible_lightning.nn import BioMLP
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = AttackConfig(pgd_steps=5, square_queries=40)
+ALL = ("fgsm", "pgd", "square", "transfer")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    dm = DigitsDataModule(seed=0)
+    dm.setup()
+    x, y = dm.train_set.dataset.tensors
+    idx = torch.as_tensor(dm.train_set.indices)
+    return x[idx], y[idx], *dm.test_set.tensors
+
+
+def _train_linear(x, y, seed=0, steps=200):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model
+
+
+@pytest.fixture(scope="module")
+def linear(digits):
+    return _train_linear(*digits[:2])
+
+
+class Constant(nn.Module):
+    """Ignores its input entirely."""
+
+    def __init__(self, with_parameter: bool = True) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.arange(10.0)) if with_parameter else None
+
+    def forward(self, x):
+        logits = self.bias if self.bias is not None else torch.arange(10.0)
+        return logits.expand(x.shape[0], 10)
+
+
+# -- robustness ----------------------------------------------------------------------------
+def test_every_attack_returns_accuracies_in_unit_interval(digits, linear):
+    xt, yt = digits[2][:120], digits[3][:120]
+    source = _train_linear(*digits[:2], seed=1, steps=50)
+    res = evaluate_robustness(linear, (xt, yt), [0.0, 0.1, 0.3], ALL, FAST, source)
+    assert set(res.accuracy) == set(ALL) and res.n_samples == 120
+    for attack, accs in res.accuracy.items():
+        assert len(accs) == 3
+        assert all(0.0 <= a <= 1.0 for a in accs), attack
+        assert all(a <= res.clean_accuracy + 1e-9 for a in accs)  # robust ⊆ clean-correct
+        assert accs[0] == pytest.approx(res.clean_accuracy)  # ε = 0 changes nothing
+        assert res.protocol[attack]
+
+
+@pytest.mark.parametrize("with_parameter", [True, False])
+def test_input_ignoring_model_scores_the_same_under_every_attack(digits, linear, with_parameter):
+    xt, yt = digits[2][:100], digits[3][:100]
+    model = Constant(with_parameter)
+    res = evaluate_robustness(model, (xt, yt), [0.1, 0.5], ALL, FAST, source_model=linear)
+    assert res.clean_accuracy == pytest.approx(float((yt == 9).float().mean()))
+    for attack in ALL:
+        assert res.accuracy[attack] == pytest.approx([res.clean_accuracy] * 2), attack
+
+
+def test_linear_classifier_fgsm_accuracy_falls_with_eps(digits, linear):
+    eps = [0.0, 0.05, 0.1, 0.2, 0.4]
+    data = (digits[2], digits[3])
+    # each ε attacked on its own: the fall comes from the attack, not from bookkeeping
+    accs = evaluate_robustness(linear, data, eps, ["fgsm"], FAST, cumulative=False).accuracy
+    accs = accs["fgsm"]
+    assert all(b <= a + 1e-9 for a, b in zip(accs, accs[1:], strict=False))
+    assert accs[-1] < 0.5 * accs[0]
+
+
+def test_cumulative_sweep_is_monotone(digits, linear):
+    data, eps = (digits[2][:150], digits[3][:150]), [0.3, 0.05, 0.15]
+    each = evaluate_robustness(linear, data, eps, ["pgd", "square"], FAST, cumulative=False)
+    cum = evaluate_robustness(linear, data, eps, ["pgd", "square"], FAST)
+    for attack in ("pgd", "square"):
+        a = cum.accuracy[attack]
+        assert a[1] >= a[2] >= a[0]  # sorted by ε: 0.05, 0.15, 0.3
+        assert a[1] == each.accuracy[attack][1]  # the smallest ε starts from the same examples
+
+
+def test_attacks_leave_model_and_global_rng_untouched(digits):
+    model = BioMLP((1, 8, 8), 10, (32,), sparsity=0.5, seed=0)
+    model.train()
+    model.layers[1].eval()  # mixed modes must come back as they were
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    x = adversarial_examples(model, digits[2][:20], digits[3][:20], "pgd", 0.1, FAST)
+    evaluate_robustness(model, (digits[2][:20], digits[3][:20]), [0.1], ["square"], FAST)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert model.training and not model.layers[1].training and model.layers[0].training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert x.shape == (20, 1, 8, 8) and 0 <= x.min() and x.max() <= 1
+    assert (x - digits[2][:20]).abs().max() <= 0.1 + 1e-6
+
+
+def test_pgd_restarts_are_worst_case(digits, linear):
+    data = (digits[2][:150], digits[3][:150])
+    one = robust_accuracy(linear, data, "pgd", 0.08, AttackConfig(pgd_steps=3, pgd_restarts=1))
+    three = robust_accuracy(linear, data, "pgd", 0.08, AttackConfig(pgd_steps=3, pgd_restarts=3))
+    assert three <= one
+
+
+def test_transfer_without_source_is_skipped_and_said(digits, linear):
+    res = evaluate_robustness(linear, (digits[2][:20], digits[3][:20]), [0.1], ["transfer"], FAST)
+    assert "transfer" not in res.accuracy and "skipped" in res.protocol["transfer"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"eps": [1.5]}, "eps=1.5"),
+        ({"eps": []}, "eps"),
+        ({"attacks": ["cw"]}, "attack='cw'"),
+    ],
+)
+def test_robustness_rejects_bad_input(digits, linear, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        evaluate_robustness(linear, (digits[2][:10], digits[3][:10]), **kwargs)
+
+
+def test_attack_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="pgd_steps=0"):
+        AttackConfig(pgd_steps=0)
+    with pytest.raises(ValueError, match="transfer_attack='square'"):
+        AttackConfig(transfer_attack="square")
+
+
+class _Tiny(L.LightningModule):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+    def test_step(self, batch, batch_idx):
+        return None
+
+
+def test_robustness_callback_runs_inside_the_test_loop(tmp_path, digits, linear):
+    dm = DigitsDataModule(seed=0)
+    out = tmp_path / "rob.json"
+    cb = RobustnessCallback(eps=[0.1], attacks=["fgsm", "pgd"], max_samples=50,
+                            pgd_steps=3, output=str(out))  # fmt: skip
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[cb], accelerator="cpu")  # fmt: skip
+    metrics = trainer.test(_Tiny(linear), datamodule=dm, verbose=False)[0]
+    assert 0 <= metrics["robust/fgsm@0.1"] <= metrics["robust/clean"] <= 1
+    assert json.loads(out.read_text())["accuracy"]["pgd"][0] == cb.result.accuracy["pgd"][0]
+
+
+# -- few-shot ------------------------------------------------------------------------------
+def test_protocol_a_draws_exactly_k_per_class_disjoint_from_val_and_test():
+    data = PreloadedDataModule.from_datamodule(DigitsDataModule(seed=0))
+    for k, seed in ((1, 0), (5, 3)):
+        split = data.resplit(samples_per_class=k, seed=seed)
+        split.setup()
+        labels = data._labels[split.train_indices]
+        assert torch.equal(torch.bincount(labels, minlength=10), torch.full((10,), k))
+        assert set(split.train_indices.tolist()).isdisjoint(split.val_indices.tolist())
+        assert split.test_set is data._test  # the pool never contains test images
+
+
+def test_episode_sampler_draws_exactly_k_and_q_per_class_disjoint():
+    labels = torch.arange(8).repeat_interleave(12)
+    sampler = EpisodeSampler(labels, n_way=4, k_shot=3, n_query=5, episodes=20,
+                             classes=[2, 3, 5, 7], seed=1)  # fmt: skip
+    episodes = list(sampler)
+    assert len(episodes) == 20
+    for ep in episodes:
+        assert set(ep.classes.tolist()) == {2, 3, 5, 7}
+        assert set(ep.support.tolist()).isdisjoint(ep.query.tolist())
+        for local, cls in enumerate(ep.classes.tolist()):
+            assert (labels[ep.support[ep.support_labels == local]] == cls).sum() == 3
+            assert (labels[ep.query[ep.query_labels == local]] == cls).sum() == 5
+    again = list(EpisodeSampler(labels, 4, 3, 5, 20, [2, 3, 5, 7], seed=1))
+    assert all(torch.equal(a.support, b.support) for a, b in zip(episodes, again, strict=True))
+
+
+def test_episode_sampler_rejects_impossible_requests():
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="class 0 has only 2"):
+        EpisodeSampler(labels, n_way=2, k_shot=1, n_query=2)
+    with pytest.raises(ValueError, match="n_way=3"):
+        EpisodeSampler(labels, n_way=3, k_shot=1, n_query=1)
+
+
+def test_nearest_prototype_on_separable_features():
+    support = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    query = torch.tensor([[1.0, 0.5], [9.0, -1.0], [0.2, 0.0]])
+    acc = nearest_prototype_accuracy(support, torch.tensor([0, 1]), query, torch.tensor([0, 1, 0]))
+    assert acc == 1.0
+
+
+def test_episodic_few_shot_on_held_out_classes(digits, linear):
+    xt, yt = digits[2], digits[3]
+    held = yt >= 5
+    est = episodic_few_shot(linear, (xt[held], yt[held]), classes=[5, 6, 7, 8, 9], k_shot=1,
+                            n_query=5, episodes=100, layer="0")  # fmt: skip
+    assert est.n == 100 and 0 <= est.mean <= 1 and est.ci > 0
+    assert est.mean > 0.3  # raw pixels already beat chance (0.2)
+
+
+def test_from_scratch_protocol_runs_every_k_and_seed():
+    calls = []
+    out = from_scratch_few_shot(lambda k, s: calls.append((k, s)) or 0.1 * k, [1, 5], [0, 1, 2])
+    assert calls == [(1, 0), (1, 1), (1, 2), (5, 0), (5, 1), (5, 2)]
+    assert out[5].mean == pytest.approx(0.5) and out[5].ci == pytest.approx(0.0)
+
+
+def test_mean_ci():
+    est = mean_ci([0.5, 0.6, 0.7])
+    assert est.mean == pytest.approx(0.6) and est.n == 3
+    assert est.ci == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-4)
+    assert math.isnan(mean_ci([0.3]).ci)
+    with pytest.raises(ValueError, match="values"):
+        mean_ci([])
+
+
+def test_class_subset_relabels_and_filters():
+    data = PreloadedDataModule.from_datamodule(DigitsDataModule(seed=0))
+    sub = data.resplit(classes=[7, 2])
+    sub.setup()
+    ys = torch.stack([sub.test_set[i][1] for i in range(len(sub.test_set))])
+    assert sub.num_classes == 2 and set(ys.tolist()) == {0, 1}
+    with pytest.raises(ValueError, match="classes"):
+        data.resplit(classes=[1, 1])
+
+
+# -- representations -----------------------------------------------------------------------
+def test_class_selectivity_extremes():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    responses = torch.stack(
+        [torch.tensor([1.0, 1, 0, 0, 0, 0]), torch.ones(6), torch.zeros(6)], dim=1
+    )
+    sel = class_selectivity(responses, labels, 3)
+    assert sel[0] == pytest.approx(1.0) and sel[1] == pytest.approx(0.0) and torch.isnan(sel[2])
+
+
+def test_representation_report_per_hidden_layer(digits):
+    model = BioMLP((1, 8, 8), 10, (32, 16), sparsity=0.75, seed=0)
+    rep = representation_report(model, (digits[2], digits[3]))
+    assert list(rep) == ["layers.1", "layers.3"]
+    layer = rep["layers.1"]
+    assert layer["units"] == 32 and sum(layer["units_per_class"]) <= 32
+    for key in ("silent_fraction", "population_sparseness", "lifetime_sparseness",
+                "task_specific_fraction", "allocation_entropy"):  # fmt: skip
+        assert 0 <= layer[key] <= 1, key
+    assert layer["population_sparseness"] > 0.5  # k-WTA silences 75% of units per sample
+
+
+# -- the one command -------------------------------------------------------------------------
+def test_quick_report_writes_every_file(tmp_path):
+    spec = importlib.util.spec_from_file_location("compare", ROOT / "examples" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    out = tmp_path / "quick"
+    report = compare.main(["--quick", "--out", str(out), "--threads", "1"])
+    for name in ("report.json", "summary.md", "robustness.png", "fewshot.png", "depth.png",
+                 "weights.png", "sparsity.png"):  # fmt: skip
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert sorted(report["files"].values()) == sorted(p.name for p in out.iterdir())
+    saved = json.loads((out / "report.json").read_text())
+    for key in ("clean", "robustness", "fewshot", "depth", "representations", "weights"):
+        assert key in saved, key
+    for learner in ("bio", "backprop"):
+        assert 0 <= saved["clean"]["accuracy"][learner] <= 1
+        for accs in saved["robustness"][learner]["accuracy"].values():
+            assert all(0 <= a <= 1 for a in accs)
+    assert set(saved["robustness"]["bio"]["accuracy"]) == set(ALL)
+    summary = (out / "summary.md").read_text()
+    assert "| Metric | Protocol | bio | backprop |" in summary
+    assert "(a) from scratch" in summary and "(b) episodic" in summary and "square" in summary
+
+
+def test_comparison_config_rejects_bad_values():
+    from bioplausible_lightning.evaluation import ComparisonConfig
+
+    with pytest.raises(ValueError, match="dataset='svhn'"):
+        ComparisonConfig(dataset="svhn")
+    with pytest.raises(ValueError, match="episodes=10"):
+        ComparisonConfig(episodes=10)
+    with pytest.raises(ValueError, match="sections"):
+        ComparisonConfig(sections=["robustness", "vibes"])
+
+
+def test_cosine_schedule_spans_each_runs_budget():
+    from bioplausible_lightning.evaluation.report import TUNED, module_factories
+
+    tuned = {**TUNED["digits"], "lr_scheduler": "cosine"}
+    model = BioMLP(seed=0)
+    by_steps = module_factories(tuned, steps=40)
+    by_epochs = module_factories(tuned, epochs=7)
+    for name in ("bio", "backprop"):
+        assert by_steps[name](model).lr_scheduler_interval == "step"
+        module = by_epochs[name](model)
+        assert module.lr_scheduler_interval == "epoch"
+        assert module.lr_scheduler_factory.keywords["T_max"] == 7
+    with pytest.raises(ValueError, match="lr_scheduler='step'"):
+        module_factories({**tuned, "lr_scheduler": "step"}, epochs=3)
