@@ -6,7 +6,7 @@ Dale (``exp``) parametrisation and, as a control, the unconstrained ``plain`` on
 three monitoring callbacks are attached to every Trainer; the script prints their final
 values as a Markdown table (for the README), beside the untrained network's.
 
-    python examples/compare_properties.py               # ~1-2 min on 2 CPU cores
+    python examples/compare_properties.py               # ~3-5 min on 2 CPU cores
     python examples/compare_properties.py --epochs 5 --variants dale
 
 Columns: sign consistency = fraction of presynaptic units whose non-zero outgoing weights
@@ -38,7 +38,7 @@ from bioplausible_lightning.rules import NodePerturbation
 
 # ==== HYPER-PARAMETERS (tuned by the lead; everything the comparison depends on) ===========
 HPARAMS = {
-    "epochs": 20,
+    "epochs": 60,  # = the default run (examples/digits.yaml)
     "batch_size": 64,
     "seed": 0,
     "model": {"hidden_sizes": (256,), "inhibitory_fraction": 0.2, "sparsity": 0.0},
