@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
@@ -85,6 +88,29 @@ class SplitDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+def missing_files_error(
+    dataset: str, looked_for: list[Path], how: str, cause: BaseException | None = None
+) -> FileNotFoundError:
+    """An error that names every file looked for and how to provide them."""
+    files = "\n  ".join(str(p) for p in looked_for)
+    reason = f"\nDownload failed: {type(cause).__name__}: {cause}" if cause is not None else ""
+    return FileNotFoundError(
+        f"{dataset} files not found. Looked for:\n  {files}{reason}\nTo provide them: {how}"
+    )
+
+
+def download_or_raise(
+    dataset: str, missing: list[Path], how: str, download: bool, fetch: Callable[[], None]
+) -> None:
+    """Call ``fetch`` to download ``missing`` files, or raise an error naming them and ``how``."""
+    if not download:
+        raise missing_files_error(dataset, missing, how)
+    try:
+        fetch()
+    except Exception as err:  # any network / archive failure
+        raise missing_files_error(dataset, missing, how, err) from err
 
 
 def tensor_dataset(images: Tensor, labels: Tensor) -> TensorDataset:

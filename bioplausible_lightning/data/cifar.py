@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .base import SplitDataModule
-from .mnist import UInt8ImageDataset, missing_files_error
+from .base import SplitDataModule, download_or_raise, missing_files_error
+from .mnist import UInt8ImageDataset
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -286,14 +286,12 @@ class CIFAR10DataModule(SplitDataModule):
             f"in {self.data_dir}, or point data_dir at an image folder with train/<class>/ and "
             "test/<class>/ sub-folders (layout='image_folder')."
         )
-        if not self.download:
-            raise missing_files_error("CIFAR-10", missing, how)
-        try:
+        def fetch() -> None:
             from torchvision.datasets import CIFAR10
 
             CIFAR10(str(self.data_dir), train=True, download=True)
-        except Exception as err:  # any network / archive failure
-            raise missing_files_error("CIFAR-10", missing, how, err) from err
+
+        download_or_raise("CIFAR-10", missing, how, self.download, fetch)
 
     def load_pool_and_test(self) -> tuple[Dataset, Tensor, Dataset]:
         self.prepare_data()

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .base import SplitDataModule
+from .base import SplitDataModule, download_or_raise
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -48,17 +48,6 @@ class UInt8ImageDataset(Dataset):
         idx = torch.as_tensor(indices, dtype=torch.long)
         images = self.images[idx].float().div_(255.0)
         return list(zip(images.unbind(0), self.targets[idx].unbind(0), strict=True))
-
-
-def missing_files_error(
-    dataset: str, looked_for: list[Path], how: str, cause: BaseException | None = None
-) -> FileNotFoundError:
-    """An error that names every file looked for and how to provide them."""
-    files = "\n  ".join(str(p) for p in looked_for)
-    reason = f"\nDownload failed: {type(cause).__name__}: {cause}" if cause is not None else ""
-    return FileNotFoundError(
-        f"{dataset} files not found. Looked for:\n  {files}{reason}\nTo provide them: {how}"
-    )
 
 
 class MNISTDataModule(SplitDataModule):
@@ -109,14 +98,12 @@ class MNISTDataModule(SplitDataModule):
             "pass download=True (needs internet), or put the four uncompressed MNIST idx files "
             f"in {self.raw_folder} (torchvision layout: <data_dir>/MNIST/raw/)."
         )
-        if not self.download:
-            raise missing_files_error("MNIST", missing, how)
-        try:
+        def fetch() -> None:
             from torchvision.datasets import MNIST
 
             MNIST(str(self.data_dir), train=True, download=True)
-        except Exception as err:  # any network / archive failure
-            raise missing_files_error("MNIST", missing, how, err) from err
+
+        download_or_raise("MNIST", missing, how, self.download, fetch)
 
     def load_pool_and_test(self) -> tuple[Dataset, Tensor, Dataset]:
         from torchvision.datasets.mnist import read_image_file, read_label_file
