@@ -128,7 +128,7 @@ class WeightPerturbation(PerturbationRule):
         return factors
 
     def _direction(self, module: nn.Module, factors: dict[str, Tensor], k: int,
-                   gen: torch.Generator) -> Tensor:  # fmt: skip
+                   gen: torch.Generator | None) -> Tensor:  # fmt: skip
         """The (unit-scale) perturbation ``P_k`` of the layer's weight, weight-shaped."""
         shape = weight_param(module).shape
         if self.structure == "lowrank":
@@ -183,8 +183,10 @@ class WeightPerturbation(PerturbationRule):
 
         coeff = self.directional_coefficients(losses.mean(1)) * (grad_scale / self.num_directions)
         for index, (_, module) in enumerate(layers):
-            gen = self._layer_generator(step_seed, index, device)
-            self._factors(module, gen, losses)  # replay the generator to the dense draws
+            gen = None
+            if self.structure == "dense":  # regenerate, don't store, the dense directions
+                gen = self._layer_generator(step_seed, index, device)
+                self._factors(module, gen, losses)  # replay the generator up to them
             self._accumulate(module, factors[index], coeff, gen)
         return RuleOutput(loss, mean_logits, finite=True)
 
@@ -228,7 +230,7 @@ class WeightPerturbation(PerturbationRule):
         return torch.einsum("brkhw,rok->rbohw", proj, u)
 
     def _accumulate(self, module: nn.Module, factors: dict[str, Tensor], coeff: Tensor,
-                    gen: torch.Generator) -> None:  # fmt: skip
+                    gen: torch.Generator | None) -> None:  # fmt: skip
         if "bias" in factors:
             accumulate_param_grad(module.bias, coeff @ factors["bias"])
         param = weight_param(module)
