@@ -42,7 +42,7 @@ HPARAMS = {
     "batch_size": 64,
     "seed": 0,
     "model": {"hidden_sizes": (256,), "inhibitory_fraction": 0.2, "sparsity": 0.0},
-    "perturbation": {"sigma": 0.1, "num_directions": 4, "layerwise": True, "lr": 0.01},
+    "perturbation": {"sigma": 0.1, "num_directions": 8, "layerwise": True, "lr": 0.01},
     "backprop": {"lr": 0.01},
 }
 # ============================================================================================

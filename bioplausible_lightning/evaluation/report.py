@@ -58,7 +58,7 @@ TUNED: dict[str, dict[str, Any]] = {
     "digits": {
         "model": {**_MLP, "hidden_sizes": [256]},
         "bio": {"rule": "node",
-                "rule_kwargs": {"sigma": 0.1, "num_directions": 4, "layerwise": True},
+                "rule_kwargs": {"sigma": 0.1, "num_directions": 8, "layerwise": True},
                 "optimizer": "Adam", "optimizer_kwargs": {"lr": 1e-2}, "module_kwargs": {}},
         "backprop": {"optimizer": "Adam", "optimizer_kwargs": {"lr": 1e-2}, "module_kwargs": {}},
         "lr_scheduler": None,
