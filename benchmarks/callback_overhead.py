@@ -65,7 +65,7 @@ def make_module(kind: str) -> L.LightningModule:
     model = BioMLP(input_shape=(1, 8, 8), hidden_sizes=(256,), seed=0)
     optimizer = partial(torch.optim.Adam, lr=0.01)
     if kind == "perturbation":
-        rule = NodePerturbation(sigma=0.1, num_directions=4, layerwise=True, seed=0)
+        rule = NodePerturbation(sigma=0.1, num_directions=8, layerwise=True, seed=0)  # = default
         return PerturbationModule(model, rule, optimizer=optimizer)
     return BackpropModule(model, optimizer=optimizer)
 
