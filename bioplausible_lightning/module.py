@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from ._validation import check_min_int
 from .losses import PerSampleLoss, resolve_loss
 from .rules.base import PerturbationRule
 
@@ -61,8 +62,8 @@ class ClassifierModule(L.LightningModule):
                 f"lr_scheduler_interval={lr_scheduler_interval!r} is invalid: "
                 "allowed values are ('epoch', 'step')."
             )
-        _check_int("lr_scheduler_frequency", lr_scheduler_frequency)
-        _check_int("accumulate_grad_batches", accumulate_grad_batches)
+        check_min_int("lr_scheduler_frequency", lr_scheduler_frequency)
+        check_min_int("accumulate_grad_batches", accumulate_grad_batches)
         if gradient_clip_val is not None and not gradient_clip_val > 0:
             raise ValueError(f"gradient_clip_val={gradient_clip_val!r} is invalid: None or > 0.")
         if gradient_clip_algorithm not in ("norm", "value"):
@@ -285,7 +286,3 @@ class BackpropModule(ClassifierModule):
             self.manual_backward(loss * grad_scale)
         return loss.detach(), logits.detach(), finite
 
-
-def _check_int(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r} is invalid: it must be an int >= 1.")

@@ -9,6 +9,7 @@ import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from .._validation import check_min_int
 from .sampling import EpochSeededSampler, samples_per_class_subset, stratified_split
 
 
@@ -28,16 +29,14 @@ class SplitDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} is invalid: it must be an int >= 1.")
+        check_min_int("batch_size", batch_size)
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction={val_fraction!r} is invalid: allowed is [0, 1).")
         if samples_per_class is not None and samples_per_class < 1:
             raise ValueError(
                 f"samples_per_class={samples_per_class!r} is invalid: an int >= 1 or None."
             )
-        if num_workers < 0:
-            raise ValueError(f"num_workers={num_workers!r} is invalid: it must be >= 0.")
+        check_min_int("num_workers", num_workers, 0)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.samples_per_class = samples_per_class

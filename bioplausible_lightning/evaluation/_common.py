@@ -83,8 +83,3 @@ def accuracy(model: nn.Module, data: Data, batch_size: int = 512) -> float:
     """Clean accuracy in [0, 1] of a classifier whose forward returns logits."""
     x, y = collect(data)
     return float((predict(model, x, batch_size) == y.cpu()).float().mean())
-
-
-def check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} is invalid: it must be an int >= 1.")

@@ -83,16 +83,7 @@ class PreloadedDataModule(SplitDataModule):
     def from_datamodule(cls, datamodule: SplitDataModule, **overrides: Any) -> PreloadedDataModule:
         """Load ``datamodule``'s data once; split settings are copied unless overridden."""
         pool, labels, test = datamodule.load_pool_and_test()
-        kwargs: dict[str, Any] = {
-            "batch_size": datamodule.batch_size,
-            "val_fraction": datamodule.val_fraction,
-            "samples_per_class": datamodule.samples_per_class,
-            "seed": datamodule.seed,
-            "num_workers": datamodule.num_workers,
-            "input_mean": getattr(datamodule, "input_mean", 0.5),
-            "input_std": getattr(datamodule, "input_std", 0.5),
-        }
-        kwargs.update(overrides)
+        kwargs = {**_split_settings(datamodule), **overrides}
         return cls(pool, labels, test, datamodule.input_shape, datamodule.num_classes, **kwargs)
 
     def load_pool_and_test(self) -> tuple[Dataset, Tensor, Dataset]:
@@ -103,16 +94,7 @@ class PreloadedDataModule(SplitDataModule):
     ) -> PreloadedDataModule:
         """A copy with other split settings; ``classes`` keeps only those classes (train
         and test) and relabels them ``0..len(classes)-1`` in the given order."""
-        kwargs: dict[str, Any] = {
-            "batch_size": self.batch_size,
-            "val_fraction": self.val_fraction,
-            "samples_per_class": self.samples_per_class,
-            "seed": self.seed,
-            "num_workers": self.num_workers,
-            "input_mean": self.input_mean,
-            "input_std": self.input_std,
-        }
-        kwargs.update(overrides)
+        kwargs = {**_split_settings(self), **overrides}
         if classes is None:
             return PreloadedDataModule(
                 self._pool, self._labels, self._test, self.input_shape, self.num_classes,
@@ -130,6 +112,19 @@ class PreloadedDataModule(SplitDataModule):
         return PreloadedDataModule(
             pool, pool.labels, test, self.input_shape, len(classes), **kwargs
         )
+
+
+def _split_settings(datamodule: SplitDataModule) -> dict[str, Any]:
+    """The constructor arguments that define how ``datamodule`` splits and serves its data."""
+    return {
+        "batch_size": datamodule.batch_size,
+        "val_fraction": datamodule.val_fraction,
+        "samples_per_class": datamodule.samples_per_class,
+        "seed": datamodule.seed,
+        "num_workers": datamodule.num_workers,
+        "input_mean": getattr(datamodule, "input_mean", 0.5),
+        "input_std": getattr(datamodule, "input_std", 0.5),
+    }
 
 
 def _subset(dataset: Dataset, labels: Tensor, classes: list[int]) -> _RemappedLabels:

@@ -13,8 +13,9 @@ from typing import Any
 
 from torch import nn
 
+from .._validation import check_min_int
 from ..data.base import SplitDataModule
-from ._common import accuracy, check_positive_int
+from ._common import accuracy
 from .training import ModuleFactory, fit
 
 
@@ -47,7 +48,7 @@ def depth_sweep(
     if not depths:
         raise ValueError("depths=[] is invalid: give at least one number of hidden layers.")
     for d in depths:
-        check_positive_int("depths[i]", d)
+        check_min_int("depths[i]", d)
     budget = f"{max_epochs} epochs" if max_epochs is not None else f"{max_steps} steps"
     result = DepthResult(
         depths=[int(d) for d in depths],

@@ -17,7 +17,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ._common import Data, batches, check_positive_int, collect, eval_mode, model_device
+from .._validation import check_min_int
+from ._common import Data, batches, collect, eval_mode, model_device
 from .stats import Estimate, mean_ci
 
 PROTOCOL_A = (
@@ -67,8 +68,8 @@ class EpisodeSampler:
         seed: int = 0,
     ) -> None:
         for name, value in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query)):
-            check_positive_int(name, value)
-        check_positive_int("episodes", episodes)
+            check_min_int(name, value)
+        check_min_int("episodes", episodes)
         self.labels = torch.as_tensor(labels).long().cpu()
         pool = sorted({int(c) for c in (classes if classes is not None else self.labels.tolist())})
         if n_way > len(pool) or n_way < 2:
@@ -218,7 +219,7 @@ def from_scratch_few_shot(
     if not shots or not seeds:
         raise ValueError(f"shots={list(shots)!r}, seeds={list(seeds)!r}: both must be non-empty.")
     for k in shots:
-        check_positive_int("shots[i]", k)
+        check_min_int("shots[i]", k)
     return {int(k): mean_ci([train_and_test(int(k), int(s)) for s in seeds]) for k in shots}
 
 

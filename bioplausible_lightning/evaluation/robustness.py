@@ -26,7 +26,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ._common import Data, batches, check_positive_int, collect, eval_mode, model_device, predict
+from .._validation import check_min_int
+from ._common import Data, batches, collect, eval_mode, model_device, predict
 
 AttackName = Literal["fgsm", "pgd", "square", "transfer"]
 ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "square", "transfer")
@@ -60,8 +61,8 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         for name in ("pgd_steps", "pgd_restarts", "square_queries", "square_restarts"):
-            check_positive_int(name, getattr(self, name))
-        check_positive_int("batch_size", self.batch_size)
+            check_min_int(name, getattr(self, name))
+        check_min_int("batch_size", self.batch_size)
         if self.pgd_step_size is not None and not self.pgd_step_size > 0:
             raise ValueError(f"pgd_step_size={self.pgd_step_size!r} is invalid: it must be > 0.")
         if not 0 < self.square_p_init <= 1:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from .._validation import check_choice, check_min_int, check_positive
 from ..losses import PerSampleLoss
 from .layers import find_target_layers
 
@@ -42,21 +43,6 @@ class RuleOutput:
     loss: Tensor
     logits: Tensor
     finite: bool
-
-
-def check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and value > 0):
-        raise ValueError(f"{name}={value!r} is invalid: it must be a number > 0.")
-
-
-def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is invalid: allowed values are {tuple(allowed)}.")
-
-
-def check_min_int(name: str, value: int, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} is invalid: it must be an int >= {minimum}.")
 
 
 def sample_noise(
