@@ -202,11 +202,12 @@ class WeightPerturbation(PerturbationRule):
         if self.structure == "lowrank" and not self._multiplicative(module):
             out.add_(self._lowrank_delta(module, xs, factors, direction, sign), alpha=self.sigma)
             return
+        weight = module.weight if self._multiplicative(module) else None  # exp(θ) once
         for k in range(self.num_directions):
             rows = torch.nonzero((direction == k) & (sign != 0)).flatten()
             p = self._direction(module, factors, k, gen)
-            if self._multiplicative(module):
-                p = p * module.weight
+            if weight is not None:
+                p = p * weight
             chunk = xs[rows].reshape(-1, *x.shape[1:])
             delta = _apply(module, chunk, p).view(len(rows), -1, *output.shape[1:])
             out[rows] += delta * (self.sigma * sign[rows]).view(len(rows), *bshape[1:])
