@@ -4,8 +4,25 @@ from .callbacks import DaleLawMonitor, SparsityMonitor, WeightDistributionMonito
 from .data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule, MNISTDataModule
 from .evaluation import AttackConfig, RobustnessCallback, evaluate_robustness, run_comparison
 from .module import BackpropModule, ClassifierModule, PerturbationModule
-from .nn import BioConvNet, BioMLP, DaleConv2d, DaleLinear, InputNormalization, KWinnersTakeAll
-from .rules import NodePerturbation, PerturbationRule, RuleOutput, WeightPerturbation
+from .nn import (
+    BioConvNet,
+    BioMLP,
+    DaleConv2d,
+    DaleLinear,
+    InputNormalization,
+    KWinnersTakeAll,
+    SoftWinnerTakeAll,
+)
+from .rules import (
+    CompetitiveHebbian,
+    CompositeRule,
+    HebbianPerturbation,
+    LearningRule,
+    NodePerturbation,
+    PerturbationRule,
+    RuleOutput,
+    WeightPerturbation,
+)
 
 __version__ = "0.1.0"
 
@@ -15,20 +32,25 @@ __all__ = [
     "BioConvNet",
     "BioMLP",
     "CIFAR10DataModule",
+    "CompetitiveHebbian",
+    "CompositeRule",
     "ClassifierModule",
     "DaleConv2d",
     "DaleLawMonitor",
     "DaleLinear",
     "DigitsDataModule",
+    "HebbianPerturbation",
     "ImageFolderDataModule",
     "InputNormalization",
     "KWinnersTakeAll",
+    "LearningRule",
     "MNISTDataModule",
     "NodePerturbation",
     "PerturbationModule",
     "PerturbationRule",
     "RobustnessCallback",
     "RuleOutput",
+    "SoftWinnerTakeAll",
     "SparsityMonitor",
     "WeightDistributionMonitor",
     "WeightPerturbation",

@@ -19,7 +19,7 @@ from torchmetrics import MeanMetric
 
 from ._validation import check_min_int
 from .losses import PerSampleLoss, resolve_loss
-from .rules.base import PerturbationRule
+from .rules.rule import LearningRule
 
 ClipAlgorithm = Literal["norm", "value"]
 
@@ -106,11 +106,18 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    def own_optimizers(self) -> list[Any]:
+        """Optimizers that a rule keeps for its own parameters (none for gradient rules)."""
+        return []
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.model.parameters())
+        own = self.own_optimizers()
+        claimed = {id(p) for opt in own for group in opt.param_groups for p in group["params"]}
+        params = [p for p in self.model.parameters() if id(p) not in claimed]
+        optimizer = self.optimizer_factory(params)
         if self.lr_scheduler_factory is None:
-            return optimizer
-        return {
+            return [optimizer, *own] if own else optimizer
+        config = {
             "optimizer": optimizer,
             "lr_scheduler": {
                 "scheduler": self.lr_scheduler_factory(optimizer),
@@ -118,25 +125,30 @@ class ClassifierModule(L.LightningModule):
                 "frequency": self.lr_scheduler_frequency,
             },  # the monitor is read in _step_schedulers: Lightning ignores it when manual
         }
+        return [config, *({"optimizer": opt} for opt in own)]
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
-        optimizer = self.optimizers()
+        optimizers = self.optimizers()
+        if not isinstance(optimizers, list):
+            optimizers = [optimizers]
         k = self.accumulate_grad_batches
         loss, logits, finite = self.compute_gradients(inputs, targets, 1.0 / k)
         if not finite:
-            optimizer.zero_grad()
+            for optimizer in optimizers:
+                optimizer.zero_grad()
             self._skip(loss)
             return loss.detach()
         if (batch_idx + 1) % k == 0 or self.trainer.is_last_batch:
-            if self.gradient_clip_val is not None:
-                self.clip_gradients(
-                    optimizer,
-                    gradient_clip_val=self.gradient_clip_val,
-                    gradient_clip_algorithm=self.gradient_clip_algorithm,
-                )
-            optimizer.step()
-            optimizer.zero_grad()
+            for optimizer in optimizers:
+                if self.gradient_clip_val is not None:
+                    self.clip_gradients(
+                        optimizer,
+                        gradient_clip_val=self.gradient_clip_val,
+                        gradient_clip_algorithm=self.gradient_clip_algorithm,
+                    )
+                optimizer.step()
+                optimizer.zero_grad()
             self._step_schedulers("step")
         self._log_metrics("train", loss, logits, targets, on_step=True)
         return loss.detach()
@@ -205,15 +217,18 @@ class ClassifierModule(L.LightningModule):
 
 
 class PerturbationModule(ClassifierModule):
-    """Trains any ``nn.Module`` with a backprop-free perturbation rule.
+    """Trains any ``nn.Module`` with a backprop-free learning rule.
 
-    The rule adds its gradient estimate to ``p.grad``; the configured torch optimizer steps.
-    No ``backward()`` runs in a training step.  The rule's RNG state is stored in every
-    checkpoint, so a resumed run continues bit-identically.
+    The rule adds its update to ``p.grad``; the configured torch optimizer steps (a rule
+    such as :class:`~bioplausible_lightning.CompetitiveHebbian` keeps an SGD optimizer of
+    its own for the layers it trains, see ``LearningRule.own_optimizers``).  No
+    ``backward()`` runs in a training step.  The rule's state (perturbation RNG, Hebbian
+    thresholds) is stored in every checkpoint, so a resumed run continues bit-identically.
 
     Args:
         model: Any ``nn.Module`` mapping inputs to logits (default: Dale ``BioMLP``).
-        rule: The learning rule (default :class:`~bioplausible_lightning.NodePerturbation`).
+        rule: The learning rule (default :class:`~bioplausible_lightning.NodePerturbation`;
+            :class:`~bioplausible_lightning.HebbianPerturbation` is the paper's rule).
         optimizer: Callable ``params -> Optimizer`` (default ``torch.optim.Adam``).
         lr_scheduler: Optional callable ``optimizer -> LRScheduler``.
         lr_scheduler_interval: ``"epoch"`` or ``"step"``.
@@ -228,7 +243,7 @@ class PerturbationModule(ClassifierModule):
     def __init__(
         self,
         model: nn.Module | None = None,
-        rule: PerturbationRule | None = None,
+        rule: LearningRule | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
@@ -248,13 +263,16 @@ class PerturbationModule(ClassifierModule):
             from .rules import NodePerturbation
 
             rule = NodePerturbation()
-        if not isinstance(rule, PerturbationRule):
+        if not isinstance(rule, LearningRule):
             raise ValueError(
-                f"rule={rule!r} is invalid: expected a PerturbationRule "
-                "(NodePerturbation, WeightPerturbation, or a subclass)."
+                f"rule={rule!r} is invalid: expected a LearningRule (NodePerturbation, "
+                "WeightPerturbation, CompetitiveHebbian, HebbianPerturbation, or a subclass)."
             )
         self.rule = rule
         self.rule.targets(self.model)  # fail fast on a model the rule cannot train
+
+    def own_optimizers(self) -> list[Any]:
+        return [own.factory(own.params) for own in self.rule.own_optimizers(self.model)]
 
     def compute_gradients(
         self, inputs: Tensor, targets: Tensor, grad_scale: float

@@ -52,3 +52,30 @@ def test_console_script_help_runs():
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert "--model" in out.stdout and "--test_after_fit" in out.stdout
+
+
+def test_hebbian_rule_from_the_cli_on_the_default_config(tmp_path):
+    from bioplausible_lightning import CompetitiveHebbian, HebbianPerturbation
+
+    cli = run_cli(["fit", "--model.rule", "bioplausible_lightning.HebbianPerturbation",
+                   f"--trainer.default_root_dir={tmp_path}", "--test_after_fit=false",
+                   *QUICK])  # fmt: skip
+    assert isinstance(cli.model.rule, HebbianPerturbation)
+    assert isinstance(cli.model.rule.hebbian, CompetitiveHebbian)
+    assert cli.model.rule.hebbian.steps > 0  # the hidden layer learned
+    assert float(cli.trainer.callback_metrics["val/acc"]) > 0.3  # chance is 0.10
+
+
+def test_hebbian_example_config_builds_the_plain_model_and_the_papers_rule(tmp_path):
+    from torch import nn
+
+    from bioplausible_lightning import HebbianPerturbation, SoftWinnerTakeAll
+
+    cli = run_cli(["fit", "--config", str(ROOT / "examples" / "digits_hebbian.yaml"),
+                   f"--trainer.default_root_dir={tmp_path}", "--test_after_fit=false",
+                   *QUICK])  # fmt: skip
+    assert isinstance(cli.model.rule, HebbianPerturbation)
+    assert cli.model.rule.readout.replicate_at == "first_target"
+    layers = [m for m in cli.model.model.modules() if isinstance(m, nn.Linear)]
+    assert len(layers) == 2 and all(type(m) is nn.Linear for m in layers)
+    assert any(isinstance(m, SoftWinnerTakeAll) for m in cli.model.model.modules())

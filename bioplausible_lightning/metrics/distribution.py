@@ -119,11 +119,23 @@ def fraction_positive(weight: Tensor, max_samples: int = 100_000) -> float:
     return float((sample > 0).double().mean()) if sample.numel() else math.nan
 
 
+def positive_mass_fraction(weight: Tensor) -> float:
+    """Share of the total ``|w|`` mass carried by positive weights (``nan`` if all are 0).
+
+    The measure in which positivity *emerges* under Hebbian learning: negative weights decay
+    towards zero but keep their sign, so a plain count of positive weights understates it.
+    """
+    w = weight.detach().double()
+    w = torch.where(torch.isfinite(w), w, torch.zeros((), dtype=w.dtype))
+    total = w.abs().sum()
+    return float(w.clamp_min(0).sum() / total) if total > 0 else math.nan
+
+
 def weight_distribution(weight: Tensor, max_samples: int = 20_000) -> dict[str, float]:
     """Everything :class:`~bioplausible_lightning.callbacks.WeightDistributionMonitor` logs.
 
     Keys: ``log_abs_mean``, ``log_abs_std``, ``log_abs_skewness``, ``log_abs_kurtosis``,
-    ``positive_fraction``, ``ks_lognormal``, ``ks_normal``, ``nonfinite``.
+    ``positive_fraction``, ``positive_mass``, ``ks_lognormal``, ``ks_normal``, ``nonfinite``.
     """
     magnitude = sample_values(weight, max_samples).abs()
     magnitude = _sorted(magnitude[magnitude > 0])
@@ -132,6 +144,7 @@ def weight_distribution(weight: Tensor, max_samples: int = 20_000) -> dict[str, 
     return {
         **{f"log_abs_{k}": v for k, v in moments.items()},
         "positive_fraction": fraction_positive(weight, max_samples),
+        "positive_mass": positive_mass_fraction(weight),
         "ks_lognormal": fit.ks_lognormal,
         "ks_normal": fit.ks_normal,
         "nonfinite": float(count_nonfinite(weight.detach())),
@@ -144,6 +157,7 @@ __all__ = [
     "ks_statistic",
     "log_magnitude_moments",
     "lognormal_fit",
+    "positive_mass_fraction",
     "sample_values",
     "standardized_moments",
     "weight_distribution",

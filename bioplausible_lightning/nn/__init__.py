@@ -1,6 +1,6 @@
 """Plain-torch building blocks (no Lightning import)."""
 
-from .activations import KWinnersTakeAll
+from .activations import KWinnersTakeAll, SoftWinnerTakeAll
 from .dale import DaleConv2d, DaleLinear
 from .models import BioConvNet, BioMLP, InputNormalization
 
@@ -11,4 +11,5 @@ __all__ = [
     "DaleLinear",
     "InputNormalization",
     "KWinnersTakeAll",
+    "SoftWinnerTakeAll",
 ]

@@ -3,8 +3,10 @@ these exist so that one command gives a biologically constrained network."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +46,9 @@ def _check_input(x: Tensor, input_shape: tuple[int, ...], model: str) -> Tensor:
     )
 
 
-def _activation(sparsity: float) -> nn.Module:
+def _activation(sparsity: float, activation: nn.Module | None = None) -> nn.Module:
+    if activation is not None:
+        return copy.deepcopy(activation)
     return KWinnersTakeAll(sparsity) if sparsity > 0 else nn.ReLU()
 
 
@@ -56,6 +60,7 @@ def _dense_stack(
     parametrization: Parametrization,
     init_sigma: float,
     generator: torch.Generator | None,
+    activation: nn.Module | None = None,
 ) -> list[nn.Module]:
     """Fully connected layers ``sizes[0] → … → sizes[-1]``, an activation between each pair."""
     layers: list[nn.Module] = []
@@ -69,8 +74,19 @@ def _dense_stack(
         else:
             layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
-            layers.append(_activation(sparsity))
+            layers.append(_activation(sparsity, activation))
     return layers
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Seed the global RNG for a block (when ``seed`` is given) and restore it after."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _check_positive_ints(name: str, values: Sequence[int]) -> None:
@@ -93,6 +109,8 @@ class BioMLP(nn.Module):
         input_mean: Normalisation mean (scalar or per channel) for [0, 1] inputs.
         input_std: Normalisation std (scalar or per channel).
         seed: Optional seed for a reproducible architecture (signs and initial weights).
+        activation: A module used (copied) after every hidden layer instead of the ReLU /
+            k-WTA that ``sparsity`` selects, e.g. :class:`SoftWinnerTakeAll`.
     """
 
     def __init__(
@@ -108,6 +126,7 @@ class BioMLP(nn.Module):
         input_mean: float | Sequence[float] = 0.5,
         input_std: float | Sequence[float] = 0.5,
         seed: int | None = None,
+        activation: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
@@ -117,10 +136,11 @@ class BioMLP(nn.Module):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.normalize = InputNormalization(input_mean, input_std)
         sizes = [math.prod(self.input_shape), *[int(h) for h in hidden_sizes], num_classes]
-        self.layers = nn.Sequential(
-            *_dense_stack(sizes, dale, sparsity, inhibitory_fraction, parametrization, init_sigma,
-                          generator)
-        )  # fmt: skip
+        with _seeded(seed):  # plain torch layers draw their default init from the global RNG
+            self.layers = nn.Sequential(
+                *_dense_stack(sizes, dale, sparsity, inhibitory_fraction, parametrization,
+                              init_sigma, generator, activation)
+            )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.normalize(_check_input(x, self.input_shape, type(self).__name__))

@@ -1,7 +1,20 @@
-"""Learning rules that estimate gradients without ``backward()``."""
+"""Learning rules: gradient sources that never call ``backward()``."""
 
-from .base import PerturbationRule, RuleOutput
+from .base import PerturbationRule
+from .composite import CompositeRule, HebbianPerturbation
+from .hebbian import CompetitiveHebbian
 from .node import NodePerturbation
+from .rule import LearningRule, OwnOptimizer, RuleOutput
 from .weight import WeightPerturbation
 
-__all__ = ["NodePerturbation", "PerturbationRule", "RuleOutput", "WeightPerturbation"]
+__all__ = [
+    "CompetitiveHebbian",
+    "CompositeRule",
+    "HebbianPerturbation",
+    "LearningRule",
+    "NodePerturbation",
+    "OwnOptimizer",
+    "PerturbationRule",
+    "RuleOutput",
+    "WeightPerturbation",
+]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -24,25 +23,11 @@ from torch.utils.hooks import RemovableHandle
 from .._validation import check_choice, check_min_int, check_positive
 from ..losses import PerSampleLoss
 from .layers import find_target_layers
+from .rule import LearningRule, RuleOutput
 
 Estimator = Literal["antithetic", "forward"]
 NoiseKind = Literal["gaussian", "rademacher"]
-
-
-@dataclass
-class RuleOutput:
-    """What one estimate measured.
-
-    Attributes:
-        loss: Mean loss of the batch (the average over perturbed replicas, which equals the
-            unperturbed loss up to O(σ²) for antithetic pairs, or the clean replica's loss).
-        logits: Logits for the batch, ``(B, C)`` (averaged over replicas likewise).
-        finite: False when some replica's loss was not finite; then no ``.grad`` was written.
-    """
-
-    loss: Tensor
-    logits: Tensor
-    finite: bool
+ReplicateAt = Literal["input", "first_target"]
 
 
 def sample_noise(
@@ -55,7 +40,7 @@ def sample_noise(
     return torch.randn(tuple(shape), generator=generator, device=like.device, dtype=like.dtype)
 
 
-class PerturbationRule:
+class PerturbationRule(LearningRule):
     """Base class: replicate, perturb through hooks, measure per-sample losses, estimate.
 
     Args:
@@ -67,6 +52,12 @@ class PerturbationRule:
         layers: Optional ``fnmatch`` patterns of module names to train; default all
             supported layers (Linear, Conv2d, DaleLinear, DaleConv2d).
         seed: Seed of the rule's own generator (its state is saved in checkpoints).
+        replicate_at: Where the batch is replicated: at the model's ``"input"`` (default,
+            works for every model), or at the input of the ``"first_target"`` layer that
+            runs, so the layers before it run once instead of once per replica — a large
+            saving when only a readout is perturbed.  Needs a model in which nothing from
+            before that layer bypasses it (a skip connection around it fails with a shape
+            error).
     """
 
     def __init__(
@@ -77,8 +68,11 @@ class PerturbationRule:
         noise: NoiseKind = "gaussian",
         layers: Sequence[str] | None = None,
         seed: int = 0,
+        *,
+        replicate_at: ReplicateAt = "input",
     ) -> None:
         check_positive("sigma", sigma)
+        check_choice("replicate_at", replicate_at, ("input", "first_target"))
         check_min_int("num_directions", num_directions, 1)
         check_choice("estimator", estimator, ("antithetic", "forward"))
         check_choice("noise", noise, ("gaussian", "rademacher"))
@@ -88,6 +82,7 @@ class PerturbationRule:
         self.noise = noise
         self.layers = list(layers) if layers is not None else None
         self.seed = seed
+        self.replicate_at = replicate_at
         self._generator: torch.Generator | None = None
         self._pending_state: Tensor | None = None
         self._targets: list[tuple[str, nn.Module]] | None = None
@@ -147,9 +142,11 @@ class PerturbationRule:
             self._pending_state = None
 
     # -- shared helpers -------------------------------------------------------------------
-    def targets(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+    def targets(self, model: nn.Module, warn_unowned: bool = True) -> list[tuple[str, nn.Module]]:
         if self._targets is None or self._targets_of is None or self._targets_of() is not model:
-            self._targets = find_target_layers(model, self.layers, type(self).__name__)
+            self._targets = find_target_layers(
+                model, self.layers, type(self).__name__, warn_unowned=warn_unowned
+            )
             self._targets_of = weakref.ref(model)
         return self._targets
 
@@ -165,13 +162,44 @@ class PerturbationRule:
             for handle in handles:
                 handle.remove()
 
-    @staticmethod
     def replicated_losses(
-        model: nn.Module, loss_fn: PerSampleLoss, inputs: Tensor, targets: Tensor, replicas: int
+        self,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        inputs: Tensor,
+        targets: Tensor,
+        replicas: int,
     ) -> tuple[Tensor, Tensor]:
         """Run all replicas as one batch; return per-sample losses ``(R, B)`` and logits."""
         batch = inputs.shape[0]
-        logits = model(inputs.repeat(replicas, *([1] * (inputs.ndim - 1))))
+
+        def replicate(x: Tensor) -> Tensor:
+            return x.repeat(replicas, *([1] * (x.ndim - 1)))
+
+        if self.replicate_at == "input":
+            logits = model(replicate(inputs))
+        else:
+            done = []
+
+            def at_first_target(module: nn.Module, args: tuple) -> tuple | None:
+                if done:
+                    return None
+                done.append(True)
+                return (replicate(args[0]), *args[1:])
+
+            handles = [module.register_forward_pre_hook(at_first_target)
+                       for _, module in self.targets(model)]  # fmt: skip
+            try:
+                logits = model(inputs)
+            finally:
+                for handle in handles:
+                    handle.remove()
+        if logits.shape[0] != replicas * batch:
+            raise ValueError(
+                f"{type(self).__name__}: the model returned {logits.shape[0]} rows for "
+                f"{replicas} replicas of a batch of {batch}; with replicate_at='first_target' "
+                "every layer after the first perturbed one must keep the replicated batch."
+            )
         losses = loss_fn(logits, targets.repeat(replicas))
         if losses.shape != (replicas * batch,):
             raise ValueError(
@@ -197,7 +225,3 @@ class PerturbationRule:
     ) -> RuleOutput:
         """Add ``grad_scale`` × an estimate of ``d mean_loss / d param`` to every target's grad."""
         raise NotImplementedError
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({fields})"

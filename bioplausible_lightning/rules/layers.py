@@ -41,11 +41,15 @@ def accumulate_param_grad(param: Tensor, grad: Tensor) -> None:
 
 
 def find_target_layers(
-    model: nn.Module, layers: Sequence[str] | None, rule_name: str
+    model: nn.Module,
+    layers: Sequence[str] | None,
+    rule_name: str,
+    warn_unowned: bool = True,
 ) -> list[tuple[str, nn.Module]]:
     """Supported layers with trainable weights, optionally filtered by name patterns.
 
-    Raises a ``ValueError`` when nothing is trainable; warns (once, here) about trainable
+    Raises a ``ValueError`` when nothing is trainable; warns (once, here; unless
+    ``warn_unowned=False``, as a composite rule asks of its parts) about trainable
     parameters that no supported layer owns, since the rule will leave them unchanged.
     """
     if not any(p.requires_grad for p in model.parameters()):
@@ -70,16 +74,29 @@ def find_target_layers(
             + (f" with names matching layers={list(layers)!r}" if layers is not None else "")
             + ")."
         )
+    if warn_unowned:
+        warn_unowned_parameters(model, targets, rule_name)
+    return targets
+
+
+def owned_parameters(targets: Sequence[tuple[str, nn.Module]]) -> set[int]:
+    """``id`` of every parameter a rule training ``targets`` writes a ``.grad`` for."""
     owned = set()
     for _, module in targets:
         owned.add(id(weight_param(module)))
         if module.bias is not None:
             owned.add(id(module.bias))
+    return owned
+
+
+def warn_unowned_parameters(
+    model: nn.Module, targets: Sequence[tuple[str, nn.Module]], rule_name: str
+) -> None:
+    owned = owned_parameters(targets)
     left = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owned]
     if left:
         warnings.warn(
             f"{rule_name}: these trainable parameters belong to no perturbed layer and will not "
             f"be updated: {left}",
-            stacklevel=3,
+            stacklevel=4,
         )
-    return targets

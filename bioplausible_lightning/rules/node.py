@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight
 
 from ..losses import PerSampleLoss
-from .base import Estimator, NoiseKind, PerturbationRule, RuleOutput, sample_noise
+from .base import Estimator, NoiseKind, PerturbationRule, ReplicateAt, RuleOutput, sample_noise
 from .layers import accumulate_param_grad, accumulate_weight_grad, is_conv
 
 
@@ -35,6 +35,7 @@ class NodePerturbation(PerturbationRule):
             loss difference, i.e. less variance, at ``num_layers`` × the forward cost.
         layers: Optional ``fnmatch`` patterns of the module names to train.
         seed: Seed of the rule's generator.
+        replicate_at: ``"input"`` or ``"first_target"`` (see :class:`PerturbationRule`).
     """
 
     def __init__(
@@ -46,8 +47,11 @@ class NodePerturbation(PerturbationRule):
         layerwise: bool = True,
         layers: Sequence[str] | None = None,
         seed: int = 0,
+        *,
+        replicate_at: ReplicateAt = "input",
     ) -> None:
-        super().__init__(sigma, num_directions, estimator, noise, layers, seed)
+        super().__init__(sigma, num_directions, estimator, noise, layers, seed,
+                         replicate_at=replicate_at)  # fmt: skip
         self.layerwise = layerwise
 
     @torch.no_grad()

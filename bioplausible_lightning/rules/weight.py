@@ -35,6 +35,7 @@ from .base import (
     Estimator,
     NoiseKind,
     PerturbationRule,
+    ReplicateAt,
     RuleOutput,
     check_choice,
     check_min_int,
@@ -87,6 +88,7 @@ class WeightPerturbation(PerturbationRule):
         noise: Distribution of the random factors: ``"gaussian"`` or ``"rademacher"``.
         layers: Optional ``fnmatch`` patterns of the module names to train.
         seed: Seed of the rule's generator.
+        replicate_at: ``"input"`` or ``"first_target"`` (see :class:`PerturbationRule`).
     """
 
     def __init__(
@@ -100,8 +102,11 @@ class WeightPerturbation(PerturbationRule):
         noise: NoiseKind = "gaussian",
         layers: Sequence[str] | None = None,
         seed: int = 0,
+        *,
+        replicate_at: ReplicateAt = "input",
     ) -> None:
-        super().__init__(sigma, num_directions, estimator, noise, layers, seed)
+        super().__init__(sigma, num_directions, estimator, noise, layers, seed,
+                         replicate_at=replicate_at)  # fmt: skip
         check_choice("structure", structure, ("lowrank", "dense"))
         check_choice("mode", mode, ("additive", "multiplicative"))
         check_min_int("rank", rank, 1)

@@ -1,0 +1,155 @@
+"""Different rules for different layers, and the paper's rule as its first user.
+
+:class:`CompositeRule` runs several rules on one batch, each on its own layers, and checks
+that no layer is claimed twice.  :class:`HebbianPerturbation` is the rule the paper
+describes: competitive Hebbian plasticity with homeostasis in the hidden layers (label-free,
+from the network's own activity) and node or weight perturbation — a random tweak kept in
+proportion to the gain — for the readout.  No error is sent backward through the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..losses import PerSampleLoss
+from .base import PerturbationRule
+from .hebbian import CompetitiveHebbian
+from .layers import find_target_layers, warn_unowned_parameters
+from .node import NodePerturbation
+from .rule import LearningRule, OwnOptimizer, RuleOutput
+
+
+class CompositeRule(LearningRule):
+    """Apply each rule of ``rules`` to its own layers (set each rule's ``layers=``).
+
+    The reported loss and logits are those of the last rule (put the error-driven rule
+    last); a step is finite only if every part's was.
+    """
+
+    def __init__(self, rules: Sequence[LearningRule]) -> None:
+        rules = list(rules)
+        if not rules or not all(isinstance(r, LearningRule) for r in rules):
+            raise ValueError(f"rules={rules!r} is invalid: give one or more LearningRule objects.")
+        self.rules = rules
+        self._model_id: int | None = None
+        self._targets: list[tuple[str, nn.Module]] | None = None
+
+    def parts(self, model: nn.Module) -> list[LearningRule]:
+        """The sub-rules, ready for ``model`` (a subclass may configure them here)."""
+        return self.rules
+
+    def targets(self, model: nn.Module, warn_unowned: bool = True) -> list[tuple[str, nn.Module]]:
+        if self._targets is None or self._model_id != id(model):
+            seen: dict[str, str] = {}
+            targets: list[tuple[str, nn.Module]] = []
+            for rule in self.parts(model):
+                for name, module in rule.targets(model, warn_unowned=False):
+                    if name in seen:
+                        raise ValueError(
+                            f"{type(self).__name__}: layer {name!r} is claimed by both "
+                            f"{seen[name]} and {type(rule).__name__}; give each rule "
+                            "disjoint `layers=`."
+                        )
+                    seen[name] = type(rule).__name__
+                    targets.append((name, module))
+            if warn_unowned:
+                warn_unowned_parameters(model, targets, type(self).__name__)
+            self._targets, self._model_id = targets, id(model)
+        return self._targets
+
+    def estimate(
+        self,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        inputs: Tensor,
+        targets: Tensor,
+        grad_scale: float = 1.0,
+    ) -> RuleOutput:
+        self.targets(model)
+        finite, out = True, None
+        for rule in self.parts(model):
+            out = rule.estimate(model, loss_fn, inputs, targets, grad_scale)
+            finite = finite and out.finite
+            if not finite:
+                break
+        assert out is not None
+        return RuleOutput(out.loss, out.logits, finite)
+
+    def own_optimizers(self, model: nn.Module) -> list[OwnOptimizer]:
+        return [opt for rule in self.parts(model) for opt in rule.own_optimizers(model)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [rule.state_dict() for rule in self.rules]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for rule, part in zip(self.rules, state["parts"], strict=True):
+            rule.load_state_dict(part)
+
+
+class HebbianPerturbation(CompositeRule):
+    """The paper's rule: Hebbian hidden layers + a perturbation-trained readout.
+
+    Works on any model with no extra wiring: the readout is the last supported weight layer
+    in forward (registration) order, unless ``readout_layers`` names others; every other
+    supported layer is a hidden layer for ``hebbian``.
+
+    Args:
+        hebbian: The hidden layers' rule (default :class:`CompetitiveHebbian()`); its
+            ``layers`` must be left unset, they are filled in here.
+        readout: The readout's rule (default :class:`NodePerturbation` with 8 directions).
+        readout_layers: ``fnmatch`` patterns of the readout layers (default: the last one).
+    """
+
+    def __init__(
+        self,
+        hebbian: CompetitiveHebbian | None = None,
+        readout: PerturbationRule | None = None,
+        readout_layers: Sequence[str] | None = None,
+    ) -> None:
+        hebbian = hebbian if hebbian is not None else CompetitiveHebbian()
+        readout = readout if readout is not None else NodePerturbation(num_directions=8)
+        if not isinstance(hebbian, CompetitiveHebbian):
+            raise ValueError(f"hebbian={hebbian!r} is invalid: expected a CompetitiveHebbian.")
+        if not isinstance(readout, PerturbationRule):
+            raise ValueError(
+                f"readout={readout!r} is invalid: expected a PerturbationRule "
+                "(NodePerturbation or WeightPerturbation)."
+            )
+        for label, rule in (("hebbian", hebbian), ("readout", readout)):
+            if rule.layers is not None:
+                raise ValueError(
+                    f"{label}.layers={rule.layers!r} is invalid here: HebbianPerturbation "
+                    "assigns the layers; use readout_layers= to choose the readout."
+                )
+        if isinstance(readout_layers, str):
+            raise ValueError(
+                f"readout_layers={readout_layers!r} is invalid: give a list of patterns."
+            )
+        super().__init__([hebbian, readout])
+        self.hebbian, self.readout = hebbian, readout
+        self.readout_layers = list(readout_layers) if readout_layers is not None else None
+        self._parts_for: int | None = None
+
+    def parts(self, model: nn.Module) -> list[LearningRule]:
+        if self._parts_for != id(model):
+            layers = find_target_layers(model, None, type(self).__name__, warn_unowned=False)
+            names = [name for name, _ in layers]
+            if self.readout_layers is None:
+                readout = names[-1:]
+            else:
+                readout = [n for n, _ in find_target_layers(
+                    model, self.readout_layers, type(self).__name__, warn_unowned=False)]
+            hidden = [n for n in names if n not in readout]
+            if not hidden:
+                raise ValueError(
+                    f"{type(self).__name__}: the model has no hidden layer for the Hebbian rule "
+                    f"(its only trainable layers {names} are the readout); use a model with at "
+                    "least one hidden Linear/Conv2d layer, or NodePerturbation alone."
+                )
+            self.hebbian.layers, self.readout.layers = hidden, readout
+            self.hebbian._targets = self.readout._targets = None
+            self._parts_for = id(model)
+        return self.rules

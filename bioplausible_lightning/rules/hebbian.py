@@ -1,0 +1,238 @@
+"""Competitive Hebbian plasticity with homeostasis: a layer learns from its own activity.
+
+For a layer with weights ``w_i`` (one row per unit) and input ``x`` (a convolution: every
+input patch), each example's units compete and the winners move towards the input:
+
+* **competition** on the cosine similarity ``c_i = w_i·x / (‖w_i‖ ‖x‖)`` minus a
+  homeostatic threshold ``θ_i``: ``y = softmax((c − θ) / T)`` (``"soft"``, temperature
+  ``T``) or ``y_i = 1`` for the ``k`` largest ``c_i − θ_i`` (``"hard"``, k-WTA).  The
+  cosine makes a unit's chance of winning independent of its norm, so one large unit cannot
+  take every example;
+* **Hebbian update with decay** ``Δw_i = η_i · mean_b y_i (x − u_i w_i)`` with
+  ``u_i = w_i·x`` (the Oja / SoftHebb form): the decay term holds ``‖w_i‖`` near 1 without
+  clipping, and with non-negative inputs each ``w_i`` moves towards a non-negative
+  combination of inputs, so positive weights emerge *by magnitude* from a mixed-sign start;
+* **homeostasis** ``θ_i ← θ_i + η_θ (m · r_i − 1)`` where ``r_i = mean_b y_i`` is the unit's
+  share of the competition and ``m`` the number of units: a unit that wins more than its
+  fair share ``1/m`` (``k/m`` for k-WTA) raises its threshold, one that never wins lowers it
+  until it does, so no unit stays dead;
+* **per-unit rate** ``η_i = η / max(1, 2 η · mean_b y_i u_i)`` (the decay factor of one
+  step never overshoots, whatever the input scale or how often the unit won), times
+  ``sqrt(|‖w_i‖ − 1|)`` with ``adaptive_rate=True`` (SoftHebb: a converged unit slows down).
+
+The update is written as ``p.grad = −Δw / η`` for an SGD optimizer of the rule's own with
+learning rate ``η`` (see :meth:`CompetitiveHebbian.own_optimizers`), so clipping,
+accumulation and checkpointing behave as for any rule.  Hidden biases are left unchanged:
+the thresholds live in the rule (and in its checkpointed state).  No error signal, label or
+``backward()`` is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validation import check_choice, check_min_int, check_positive
+from ..losses import PerSampleLoss
+from .base import PerturbationRule
+from .layers import accumulate_weight_grad, find_target_layers, is_conv, weight_param
+from .rule import LearningRule, OwnOptimizer, RuleOutput
+
+Competition = Literal["soft", "hard"]
+
+
+def _check_nonnegative(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name}={value!r} is invalid: it must be a number >= 0.")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} is invalid: it must be finite.")
+
+
+def layer_inputs_as_rows(module: nn.Module, x: Tensor) -> Tensor:
+    """The layer's presynaptic vectors, one row each: ``(N, in)`` or every conv patch."""
+    if is_conv(module):
+        patches = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def layer_outputs_as_rows(module: nn.Module, out: Tensor) -> Tensor:
+    """The layer's pre-activations without bias, one row per example (or position)."""
+    if module.bias is not None:
+        shape = (1, -1, 1, 1) if is_conv(module) else (1, -1)
+        out = out - module.bias.view(shape)
+    if is_conv(module):
+        return out.permute(0, 2, 3, 1).reshape(-1, out.shape[1])
+    return out.reshape(-1, out.shape[-1])
+
+
+class CompetitiveHebbian(LearningRule):
+    """Label-free competitive Hebbian learning for hidden ``nn.Linear``/``nn.Conv2d`` layers.
+
+    Args:
+        lr: Plasticity rate ``η`` (> 0) of the rule's own SGD optimizer.
+        competition: ``"soft"`` (softmax with ``temperature``) or ``"hard"`` (k-WTA).
+        temperature: Softmax temperature on cosine similarities (> 0; smaller = harder).
+        k: Winners per example in ``"hard"`` competition (>= 1, fewer than the units).
+        homeostasis: Threshold rate ``η_θ`` (>= 0; 0 switches homeostasis off).
+        adaptive_rate: Scale each unit's rate by ``sqrt(|‖w_i‖ − 1|)`` (SoftHebb).
+        layers: ``fnmatch`` patterns of the layers to train (default: every supported
+            layer of the model; :class:`HebbianPerturbation` passes the hidden ones).
+        layer_steps: Greedy training: layer ``l`` (in forward order) learns during
+            optimizer steps ``[l·S, (l+1)·S)`` and is frozen after; ``None`` trains all
+            layers at once, all the time.
+    """
+
+    def __init__(
+        self,
+        lr: float = 0.1,
+        competition: Competition = "soft",
+        temperature: float = 1 / 30,
+        k: int = 1,
+        homeostasis: float = 5e-4,
+        adaptive_rate: bool = False,
+        layers: Sequence[str] | None = None,
+        layer_steps: int | None = None,
+    ) -> None:
+        check_positive("lr", lr)
+        check_choice("competition", competition, ("soft", "hard"))
+        check_positive("temperature", temperature)
+        check_min_int("k", k, 1)
+        _check_nonnegative("homeostasis", homeostasis)
+        if not isinstance(adaptive_rate, bool):
+            raise ValueError(f"adaptive_rate={adaptive_rate!r} is invalid: it must be a bool.")
+        if layer_steps is not None:
+            check_min_int("layer_steps", layer_steps, 1)
+        if isinstance(layers, str):
+            raise ValueError(f"layers={layers!r} is invalid: give a list of patterns, not a str.")
+        self.lr = float(lr)
+        self.competition = competition
+        self.temperature = float(temperature)
+        self.k = k
+        self.homeostasis = float(homeostasis)
+        self.adaptive_rate = adaptive_rate
+        self.layers = list(layers) if layers is not None else None
+        self.layer_steps = layer_steps
+        self.steps = 0
+        self._thresholds: dict[str, Tensor] = {}
+        self._targets: list[tuple[str, nn.Module]] | None = None
+        self._model_id: int | None = None
+
+    # -- which layers ------------------------------------------------------------------
+    def targets(self, model: nn.Module, warn_unowned: bool = True) -> list[tuple[str, nn.Module]]:
+        if self._targets is None or self._model_id != id(model):
+            targets = find_target_layers(model, self.layers, type(self).__name__, warn_unowned)
+            for name, module in targets:
+                units = weight_param(module).shape[0]
+                if self.competition == "hard" and self.k >= units:
+                    raise ValueError(
+                        f"k={self.k} is invalid for layer {name!r} with {units} units: "
+                        "k-WTA needs k < the number of units."
+                    )
+            self._targets, self._model_id = targets, id(model)
+        return self._targets
+
+    def active_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The layers that learn at the current step (all, or one under greedy training)."""
+        layers = self.targets(model)
+        if self.layer_steps is None:
+            return layers
+        index = self.steps // self.layer_steps
+        return layers[index : index + 1]
+
+    def own_optimizers(self, model: nn.Module) -> list[OwnOptimizer]:
+        weights = [weight_param(module) for _, module in self.targets(model)]
+        return [OwnOptimizer([{"params": weights}], functools.partial(torch.optim.SGD, lr=self.lr))]
+
+    # -- the update ----------------------------------------------------------------------
+    def competition_weights(self, cosine: Tensor) -> Tensor:
+        """``y``: each row's share of the competition, from cosines minus thresholds."""
+        if self.competition == "soft":
+            return torch.softmax(cosine / self.temperature, dim=1)
+        winners = cosine.topk(self.k, dim=1).indices
+        return torch.zeros_like(cosine).scatter_(1, winners, 1.0)
+
+    def hebbian_update(
+        self, weight: Tensor, x: Tensor, u: Tensor, threshold: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(Δw as SGD grad, new threshold, share r)`` for rows ``x`` ``(R, in)`` and
+        pre-activations ``u`` ``(R, units)`` of a layer with weight ``(units, in)``."""
+        w = weight.reshape(weight.shape[0], -1)
+        norms = w.norm(dim=1).clamp_min(1e-12)
+        cosine = u / norms / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        y = self.competition_weights(cosine - threshold)
+        rows = x.shape[0]
+        yu = (y * u).sum(0) / rows  # mean_b y_i u_i
+        delta = (y.T @ x) / rows - yu[:, None] * w
+        rate = torch.full_like(yu, self.lr)
+        if self.adaptive_rate:
+            rate = rate * (norms - 1).abs().clamp_min(1e-10).sqrt()
+        rate = rate / (2 * rate * yu.abs()).clamp_min(1.0)
+        grad = -(rate / self.lr)[:, None] * delta
+        share = y.sum(0) / rows
+        fair = (self.k if self.competition == "hard" else 1) / w.shape[0]
+        new_threshold = threshold + self.homeostasis * (share / fair - 1)
+        return grad.view_as(weight), new_threshold, share
+
+    @torch.no_grad()
+    def estimate(
+        self,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        inputs: Tensor,
+        targets: Tensor,
+        grad_scale: float = 1.0,
+    ) -> RuleOutput:
+        active = self.active_layers(model)
+        records: dict[str, tuple[Tensor, Tensor]] = {}
+        names = {module: name for name, module in active}
+
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            name = names[module]
+            if name in records:
+                raise RuntimeError(
+                    f"CompetitiveHebbian: layer {name!r} ran twice in one forward pass; "
+                    "shared (re-used) layers are not supported."
+                )
+            records[name] = (args[0], output)
+
+        with PerturbationRule.hooked({module: hook for _, module in active}):
+            logits = model(inputs)
+        loss = loss_fn(logits, targets).mean()
+        finite = bool(torch.isfinite(logits).all())
+        missing = [name for name, _ in active if name not in records]
+        if missing:
+            raise RuntimeError(
+                f"CompetitiveHebbian: layers {missing} did not run in the forward pass "
+                "(a layer called through F.linear or an unused branch); exclude them with "
+                "`layers=`."
+            )
+        if finite:
+            for name, module in active:
+                x, out = records[name]
+                weight = module.weight
+                rows_x = layer_inputs_as_rows(module, x.to(weight.dtype))
+                rows_u = layer_outputs_as_rows(module, out.to(weight.dtype))
+                threshold = self._thresholds.get(name)
+                if threshold is None or threshold.device != weight.device:
+                    threshold = torch.zeros(weight.shape[0], device=weight.device)
+                grad, threshold, _ = self.hebbian_update(weight, rows_x, rows_u, threshold)
+                self._thresholds[name] = threshold
+                accumulate_weight_grad(module, grad * grad_scale)
+            self.steps += 1
+        return RuleOutput(loss, logits, finite)
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        thresholds = {name: t.clone() for name, t in self._thresholds.items()}
+        return {"steps": self.steps, "thresholds": thresholds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        self._thresholds = {k: v.clone() for k, v in state["thresholds"].items()}

@@ -1,0 +1,252 @@
+"""CompetitiveHebbian and HebbianPerturbation: exact updates, homeostasis, emergence, wiring."""
+
+import functools
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from bioplausible_lightning import (
+    BioMLP,
+    CompetitiveHebbian,
+    CompositeRule,
+    DigitsDataModule,
+    HebbianPerturbation,
+    NodePerturbation,
+    PerturbationModule,
+    SoftWinnerTakeAll,
+    WeightPerturbation,
+)
+from bioplausible_lightning.data import load_digits_tensors
+from bioplausible_lightning.losses import cross_entropy
+from bioplausible_lightning.metrics import positive_mass_fraction
+
+
+def _trainer(tmp_path=None, **kwargs):
+    defaults = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, deterministic=True)  # fmt: skip
+    if tmp_path is not None:
+        defaults["default_root_dir"] = tmp_path
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+def _hand_update(w, x, lr, temperature, threshold):
+    """Δw of the docstring's equations, written out with loops (float64)."""
+    units, n = w.shape
+    rows = x.shape[0]
+    delta = torch.zeros_like(w)
+    yu = torch.zeros(units, dtype=w.dtype)
+    for b in range(rows):
+        u = [sum(w[i, j] * x[b, j] for j in range(n)) for i in range(units)]
+        xnorm = math.sqrt(sum(float(v) ** 2 for v in x[b]))
+        c = [u[i] / (w[i].norm() * xnorm) - threshold[i] for i in range(units)]
+        e = [math.exp(float(ci) / temperature) for ci in c]
+        y = [ei / sum(e) for ei in e]
+        for i in range(units):
+            yu[i] += y[i] * u[i] / rows
+            for j in range(n):
+                delta[i, j] += y[i] * (x[b, j] - u[i] * w[i, j]) / rows
+    rate = torch.tensor([lr / max(1.0, 2 * lr * abs(float(v))) for v in yu], dtype=w.dtype)
+    return rate[:, None] * delta  # the change SGD(lr) makes: w ← w + rate·Δ
+
+
+def test_hebbian_update_equals_hand_computation_on_a_tiny_layer():
+    torch.manual_seed(1)
+    layer = nn.Linear(3, 2, bias=False).double()
+    x = torch.rand(4, 3, dtype=torch.float64)
+    rule = CompetitiveHebbian(lr=0.5, temperature=0.2, homeostasis=0.0)
+    rule.targets(layer, warn_unowned=False)
+    expected = _hand_update(layer.weight.detach().clone(), x, 0.5, 0.2, torch.zeros(2))
+    before = layer.weight.detach().clone()
+    rule.estimate(layer, lambda logits, y: logits.sum(1), x, torch.zeros(4, dtype=torch.long))
+    optimizer = rule.own_optimizers(layer)[0]
+    optimizer.factory(optimizer.params).step()
+    torch.testing.assert_close(layer.weight.detach() - before, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_conv_update_is_the_linear_update_over_patches():
+    torch.manual_seed(2)
+    conv = nn.Conv2d(2, 3, 2, bias=False).double()
+    x = torch.rand(2, 2, 3, 3, dtype=torch.float64)
+    patches = [x[b, :, i : i + 2, j : j + 2].reshape(-1) for b in range(2) for i in range(2)
+               for j in range(2)]  # fmt: skip
+    rule = CompetitiveHebbian(lr=0.3, temperature=0.5, homeostasis=0.0)
+    rule.targets(conv, warn_unowned=False)
+    w = conv.weight.detach().reshape(3, -1).clone()
+    expected = _hand_update(w, torch.stack(patches), 0.3, 0.5, torch.zeros(3))
+    rule.estimate(conv, lambda out, y: out.flatten(1).sum(1), x, torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(-conv.weight.grad.reshape(3, -1) * 0.3, expected,
+                               rtol=1e-10, atol=1e-12)  # fmt: skip
+
+
+def test_grad_scale_and_accumulation_scale_the_update_linearly():
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 4, bias=False).double()
+    x = torch.rand(8, 5, dtype=torch.float64)
+    rule = CompetitiveHebbian(homeostasis=0.0)
+    rule.targets(layer, warn_unowned=False)
+    loss = lambda out, y: out.sum(1)  # noqa: E731
+    rule.estimate(layer, loss, x, torch.zeros(8, dtype=torch.long), grad_scale=1.0)
+    full = layer.weight.grad.clone()
+    layer.weight.grad = None
+    rule.estimate(layer, loss, x, torch.zeros(8, dtype=torch.long), grad_scale=0.25)
+    torch.testing.assert_close(layer.weight.grad, 0.25 * full)
+
+
+def _train_layer(rule, layer, images, epochs=3, batch=32):
+    rule.targets(layer, warn_unowned=False)
+    own = rule.own_optimizers(layer)[0]
+    optimizer = own.factory(own.params)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for idx in torch.randperm(images.shape[0], generator=gen).split(batch):
+            rule.estimate(layer, lambda out, y: out.sum(1), images[idx],
+                          torch.zeros(len(idx), dtype=torch.long))  # fmt: skip
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def test_homeostasis_holds_every_units_win_rate_near_its_fair_share():
+    images, _ = load_digits_tensors()
+    images = images.flatten(1)
+    shares = {}
+    for strength in (0.0, 1e-2):
+        torch.manual_seed(0)
+        layer = nn.Linear(64, 32, bias=False)
+        rule = CompetitiveHebbian(lr=2.0, competition="hard", k=2, homeostasis=strength)
+        _train_layer(rule, layer, images, epochs=4)
+        u = images @ layer.weight.detach().T
+        cos = u / layer.weight.detach().norm(dim=1) / images.norm(dim=1, keepdim=True)
+        wins = rule.competition_weights(cos - rule.state_dict()["thresholds"][""])
+        shares[strength] = wins.mean(0) / (2 / 32)  # 1.0 = fair share
+    assert (shares[0.0] == 0).sum() >= 4  # without homeostasis units never win: dead
+    held = shares[1e-2]
+    assert (held > 0).all()  # with it every unit wins, none is dead
+    assert held.max() < 3.0  # and no unit takes over
+    assert ((held > 0.5) & (held < 2.0)).float().mean() >= 0.8  # most sit near their share
+
+
+def test_positive_weights_emerge_from_a_mixed_sign_start_on_the_digits():
+    images, _ = load_digits_tensors()
+    images = images.flatten(1)  # non-negative pixels
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32, bias=False)  # default torch init: half the weights negative
+    start = positive_mass_fraction(layer.weight.detach())
+    _train_layer(CompetitiveHebbian(lr=2.0, homeostasis=1e-2), layer, images, epochs=8, batch=64)
+    end = positive_mass_fraction(layer.weight.detach())
+    assert 0.4 < start < 0.6
+    assert end > 0.97  # no clamp, no sign constraint: the rule alone made |w| mass positive
+    norms = layer.weight.detach().norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=0.1)  # bounded without clipping
+
+
+def test_greedy_training_trains_one_layer_at_a_time():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    rule = CompetitiveHebbian(layer_steps=2, layers=["0", "2"])
+    x, y = torch.rand(8, 6), torch.zeros(8, dtype=torch.long)
+    active = []
+    for _ in range(5):
+        active.append([name for name, _ in rule.active_layers(model)])
+        rule.estimate(model, cross_entropy, x, y)
+    assert active == [["0"], ["0"], ["2"], ["2"], []]
+
+
+def test_hebbian_perturbation_assigns_hidden_layers_and_the_readout():
+    model = BioMLP(hidden_sizes=(16, 8), dale=False, seed=0)
+    rule = HebbianPerturbation()
+    names = [name for name, _ in rule.targets(model)]
+    assert rule.hebbian.layers == ["layers.0", "layers.2"]
+    assert rule.readout.layers == ["layers.4"]
+    assert sorted(names) == ["layers.0", "layers.2", "layers.4"]
+
+
+def test_hebbian_perturbation_fit_learns_the_digits_without_backward(monkeypatch):
+    def trap(*args, **kwargs):
+        raise AssertionError("backward() / autograd.grad called during training")
+
+    monkeypatch.setattr(torch.Tensor, "backward", trap)
+    monkeypatch.setattr(torch.autograd, "backward", trap)
+    monkeypatch.setattr(torch.autograd, "grad", trap)
+    L.seed_everything(0)
+    model = BioMLP(hidden_sizes=(128,), dale=False, input_mean=0.0, input_std=1.0, seed=0,
+                   activation=SoftWinnerTakeAll(0.8, 0.2))  # fmt: skip
+    module = PerturbationModule(
+        model, rule=HebbianPerturbation(CompetitiveHebbian(lr=2.0)),
+        optimizer=functools.partial(torch.optim.Adam, lr=0.01),
+    )  # fmt: skip
+    trainer = _trainer(max_epochs=8)
+    data = DigitsDataModule(seed=0)
+    trainer.fit(module, data)
+    acc = trainer.test(module, data, verbose=False)[0]["test/acc"]
+    assert acc > 0.85  # chance is 0.10; label-free hidden layer + perturbation readout
+    assert positive_mass_fraction(model.layers[0].weight.detach()) > 0.9
+
+
+def test_resume_with_hebbian_perturbation_is_bit_identical(tmp_path):
+    def fit(max_epochs, ckpt_path=None, callbacks=None):
+        L.seed_everything(0)
+        model = BioMLP(hidden_sizes=(32,), dale=False, input_mean=0.0, input_std=1.0, seed=0,
+                       activation=SoftWinnerTakeAll(0.5, 0.2))  # fmt: skip
+        module = PerturbationModule(
+            model, rule=HebbianPerturbation(CompetitiveHebbian(lr=1.0, layer_steps=30),
+                                            NodePerturbation(num_directions=2, seed=3)),
+            optimizer=functools.partial(torch.optim.Adam, lr=0.01),
+        )  # fmt: skip
+        trainer = _trainer(tmp_path, max_epochs=max_epochs, callbacks=callbacks or [],
+                           enable_checkpointing=bool(callbacks))  # fmt: skip
+        trainer.fit(module, DigitsDataModule(batch_size=128, seed=0), ckpt_path=ckpt_path)
+        return module
+
+    straight = fit(4)
+    fit(2, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)])
+    resumed = fit(4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = straight.rule.state_dict()["parts"], resumed.rule.state_dict()["parts"]
+    assert sa[0]["steps"] == sb[0]["steps"] > 0
+    assert all(torch.equal(sa[0]["thresholds"][k], sb[0]["thresholds"][k])
+               for k in sa[0]["thresholds"])  # fmt: skip
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(temperature=0.0), "temperature"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(temperature=True), "temperature"),
+    (dict(lr=0.0), "lr"),
+    (dict(lr=float("inf")), "lr"),
+    (dict(k=0), "k"),
+    (dict(competition="max"), "competition"),
+    (dict(homeostasis=-1.0), "homeostasis"),
+    (dict(layer_steps=0), "layer_steps"),
+    (dict(layers="fc"), "layers"),
+    (dict(adaptive_rate="yes"), "adaptive_rate"),
+])  # fmt: skip
+def test_bad_hebbian_settings_name_the_parameter(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        CompetitiveHebbian(**kwargs)
+
+
+def test_model_without_hidden_layer_is_refused():
+    with pytest.raises(ValueError, match="no hidden layer"):
+        PerturbationModule(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
+                           rule=HebbianPerturbation())  # fmt: skip
+
+
+def test_layer_type_the_rule_cannot_train_is_refused():
+    with pytest.raises(ValueError, match="no trainable layer"):
+        CompetitiveHebbian().targets(nn.Sequential(nn.Bilinear(3, 3, 2)))
+    with pytest.raises(ValueError, match="k=4 is invalid"):
+        CompetitiveHebbian(competition="hard", k=4).targets(nn.Linear(3, 4))
+
+
+def test_composite_rule_refuses_a_layer_claimed_twice():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    rule = CompositeRule([CompetitiveHebbian(layers=["0"]),
+                          WeightPerturbation(layers=["0", "2"])])  # fmt: skip
+    with pytest.raises(ValueError, match="claimed by both"):
+        rule.targets(model)
