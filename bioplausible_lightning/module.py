@@ -87,6 +87,8 @@ class ClassifierModule(L.LightningModule):
         self.gradient_clip_algorithm = gradient_clip_algorithm
         self.accumulate_grad_batches = accumulate_grad_batches
         self.skipped_steps = 0
+        self._rule_optimizers: list[torch.optim.Optimizer] = []
+        self._pending_rule_optimizer_states: list[dict[str, Any]] | None = None
         self._metrics = nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("train", "val", "test")
              for name in ("loss", "acc")}
@@ -106,18 +108,25 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def own_optimizers(self) -> list[Any]:
+    def own_optimizers(self) -> list[torch.optim.Optimizer]:
         """Optimizers that a rule keeps for its own parameters (none for gradient rules)."""
         return []
 
     def configure_optimizers(self) -> Any:
+        # A rule's own optimizers stay plain torch optimizers held here, not handed to
+        # Lightning: under manual optimisation every Lightning optimizer's step() advances
+        # global_step, which would make max_steps, step schedulers and logging count twice.
+        # Their state travels in the checkpoint through on_save/on_load_checkpoint.
         own = self.own_optimizers()
+        self._rule_optimizers = own
+        if self._pending_rule_optimizer_states is not None:
+            self._load_rule_optimizer_states(self._pending_rule_optimizer_states)
         claimed = {id(p) for opt in own for group in opt.param_groups for p in group["params"]}
         params = [p for p in self.model.parameters() if id(p) not in claimed]
         optimizer = self.optimizer_factory(params)
         if self.lr_scheduler_factory is None:
-            return [optimizer, *own] if own else optimizer
-        config = {
+            return optimizer
+        return {
             "optimizer": optimizer,
             "lr_scheduler": {
                 "scheduler": self.lr_scheduler_factory(optimizer),
@@ -125,13 +134,30 @@ class ClassifierModule(L.LightningModule):
                 "frequency": self.lr_scheduler_frequency,
             },  # the monitor is read in _step_schedulers: Lightning ignores it when manual
         }
-        return [config, *({"optimizer": opt} for opt in own)]
+
+    def _load_rule_optimizer_states(self, states: list[dict[str, Any]]) -> None:
+        if len(states) != len(self._rule_optimizers):
+            raise ValueError(
+                f"the checkpoint holds {len(states)} rule optimizer state(s) but the rule now "
+                f"has {len(self._rule_optimizers)}: was it written with another rule?"
+            )
+        for optimizer, state in zip(self._rule_optimizers, states):
+            optimizer.load_state_dict(state)
+        self._pending_rule_optimizer_states = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rule_optimizers"] = [opt.state_dict() for opt in self._rule_optimizers]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rule_optimizers")
+        if states:
+            self._pending_rule_optimizer_states = states
+            if self._rule_optimizers:
+                self._load_rule_optimizer_states(states)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
-        optimizers = self.optimizers()
-        if not isinstance(optimizers, list):
-            optimizers = [optimizers]
+        optimizers = [self.optimizers(), *self._rule_optimizers]
         k = self.accumulate_grad_batches
         loss, logits, finite = self.compute_gradients(inputs, targets, 1.0 / k)
         if not finite:
@@ -271,7 +297,7 @@ class PerturbationModule(ClassifierModule):
         self.rule = rule
         self.rule.targets(self.model)  # fail fast on a model the rule cannot train
 
-    def own_optimizers(self) -> list[Any]:
+    def own_optimizers(self) -> list[torch.optim.Optimizer]:
         return [own.factory(own.params) for own in self.rule.own_optimizers(self.model)]
 
     def compute_gradients(
@@ -281,9 +307,11 @@ class PerturbationModule(ClassifierModule):
         return out.loss, out.logits, out.finite
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["perturbation_rule"] = self.rule.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         if "perturbation_rule" in checkpoint:
             self.rule.load_state_dict(checkpoint["perturbation_rule"])
 

@@ -207,6 +207,8 @@ def test_resume_with_hebbian_perturbation_is_bit_identical(tmp_path):
     resumed = fit(4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert len(ckpt["rule_optimizers"]) == 1  # the Hebbian SGD travels with the checkpoint
     sa, sb = straight.rule.state_dict()["parts"], resumed.rule.state_dict()["parts"]
     assert sa[0]["steps"] == sb[0]["steps"] > 0
     assert all(torch.equal(sa[0]["thresholds"][k], sb[0]["thresholds"][k])
@@ -250,3 +252,16 @@ def test_composite_rule_refuses_a_layer_claimed_twice():
                           WeightPerturbation(layers=["0", "2"])])  # fmt: skip
     with pytest.raises(ValueError, match="claimed by both"):
         rule.targets(model)
+
+
+def test_the_rules_own_optimizer_does_not_double_global_step():
+    L.seed_everything(0)
+    model = BioMLP(hidden_sizes=(16,), dale=False, input_mean=0.0, input_std=1.0, seed=0)
+    module = PerturbationModule(model, rule=HebbianPerturbation(
+        readout=NodePerturbation(num_directions=2, replicate_at="first_target")))  # fmt: skip
+    trainer = _trainer(max_steps=7, limit_val_batches=0)
+    before = model.layers[0].weight.detach().clone()
+    trainer.fit(module, DigitsDataModule(batch_size=32, seed=0))
+    assert trainer.global_step == 7
+    assert module.rule.hebbian.steps == 7  # one Hebbian update per optimizer step
+    assert not torch.equal(model.layers[0].weight.detach(), before)  # its own SGD stepped it

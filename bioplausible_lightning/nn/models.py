@@ -164,6 +164,8 @@ class BioConvNet(nn.Module):
         input_mean: Normalisation mean (scalar or per channel).
         input_std: Normalisation std (scalar or per channel).
         seed: Optional seed for a reproducible architecture.
+        activation: A module used (copied) after every conv and hidden layer instead of the
+            ReLU / k-WTA that ``sparsity`` selects, e.g. :class:`SoftWinnerTakeAll`.
     """
 
     def __init__(
@@ -180,6 +182,7 @@ class BioConvNet(nn.Module):
         input_mean: float | Sequence[float] = 0.5,
         input_std: float | Sequence[float] = 0.5,
         seed: int | None = None,
+        activation: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
@@ -191,24 +194,25 @@ class BioConvNet(nn.Module):
         self.normalize = InputNormalization(input_mean, input_std)
         c, h, w = self.input_shape
         features: list[nn.Module] = []
-        for out_c in channels:
-            if dale:
-                features.append(
-                    DaleConv2d(c, out_c, 3, padding=1, inhibitory_fraction=inhibitory_fraction,
-                               parametrization=parametrization, init_sigma=init_sigma,
-                               generator=generator)
-                )  # fmt: skip
-            else:
-                features.append(nn.Conv2d(c, out_c, 3, padding=1))
-            features += [_activation(sparsity), nn.MaxPool2d(2)]
-            c, h, w = out_c, h // 2, w // 2
-        self.features = nn.Sequential(*features)
-        sizes = [c * h * w] + ([hidden_size] if hidden_size > 0 else []) + [num_classes]
-        self.head = nn.Sequential(
-            nn.Flatten(),
-            *_dense_stack(sizes, dale, sparsity, inhibitory_fraction, parametrization, init_sigma,
-                          generator),
-        )  # fmt: skip
+        with _seeded(seed):
+            for out_c in channels:
+                if dale:
+                    features.append(
+                        DaleConv2d(c, out_c, 3, padding=1, inhibitory_fraction=inhibitory_fraction,
+                                   parametrization=parametrization, init_sigma=init_sigma,
+                                   generator=generator)
+                    )  # fmt: skip
+                else:
+                    features.append(nn.Conv2d(c, out_c, 3, padding=1))
+                features += [_activation(sparsity, activation), nn.MaxPool2d(2)]
+                c, h, w = out_c, h // 2, w // 2
+            self.features = nn.Sequential(*features)
+            sizes = [c * h * w] + ([hidden_size] if hidden_size > 0 else []) + [num_classes]
+            self.head = nn.Sequential(
+                nn.Flatten(),
+                *_dense_stack(sizes, dale, sparsity, inhibitory_fraction, parametrization,
+                              init_sigma, generator, activation),
+            )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.normalize(_check_input(x, self.input_shape, type(self).__name__))

@@ -129,6 +129,13 @@ class CompetitiveHebbian(LearningRule):
         if self._targets is None or self._model_id != id(model):
             targets = find_target_layers(model, self.layers, type(self).__name__, warn_unowned)
             for name, module in targets:
+                if is_conv(module) and (isinstance(module.padding, str)
+                                        or getattr(module, "padding_mode", "zeros") != "zeros"):
+                    raise ValueError(
+                        f"CompetitiveHebbian: layer {name!r} uses padding={module.padding!r}, "
+                        f"padding_mode={module.padding_mode!r}; the patch update supports "
+                        "numeric zero padding only (exclude the layer with `layers=`)."
+                    )  # fmt: skip
                 units = weight_param(module).shape[0]
                 if self.competition == "hard" and self.k >= units:
                     raise ValueError(
@@ -190,6 +197,9 @@ class CompetitiveHebbian(LearningRule):
         grad_scale: float = 1.0,
     ) -> RuleOutput:
         active = self.active_layers(model)
+        if inputs.shape[0] == 0:  # nothing to learn from: skip the step like a non-finite one
+            nan = torch.full((), math.nan, device=inputs.device)
+            return RuleOutput(nan, torch.empty(0, device=inputs.device), finite=False)
         records: dict[str, tuple[Tensor, Tensor]] = {}
         names = {module: name for name, module in active}
 
@@ -216,12 +226,14 @@ class CompetitiveHebbian(LearningRule):
         if finite:
             for name, module in active:
                 x, out = records[name]
-                weight = module.weight
-                rows_x = layer_inputs_as_rows(module, x.to(weight.dtype))
-                rows_u = layer_outputs_as_rows(module, out.to(weight.dtype))
+                dtype = torch.promote_types(module.weight.dtype, torch.float32)  # bf16 → fp32
+                weight = module.weight.to(dtype)
+                rows_x = layer_inputs_as_rows(module, x.to(dtype))
+                rows_u = layer_outputs_as_rows(module, out.to(dtype))
                 threshold = self._thresholds.get(name)
-                if threshold is None or threshold.device != weight.device:
-                    threshold = torch.zeros(weight.shape[0], device=weight.device)
+                if threshold is None:
+                    threshold = torch.zeros(weight.shape[0], device=weight.device, dtype=dtype)
+                threshold = threshold.to(weight.device, dtype)
                 grad, threshold, _ = self.hebbian_update(weight, rows_x, rows_u, threshold)
                 self._thresholds[name] = threshold
                 accumulate_weight_grad(module, grad * grad_scale)
