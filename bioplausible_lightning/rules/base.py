@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .._validation import check_choice, check_min_int, check_positive
+from .._replicas import replicated_forward
+from .._validation import check_choice, check_int, check_min_int, check_names, check_positive
 from ..losses import PerSampleLoss
 from .layers import find_target_layers
 
@@ -82,11 +83,12 @@ class PerturbationRule:
         check_min_int("num_directions", num_directions, 1)
         check_choice("estimator", estimator, ("antithetic", "forward"))
         check_choice("noise", noise, ("gaussian", "rademacher"))
+        self.layers = check_names("layers", layers)
+        check_int("seed", seed)
         self.sigma = float(sigma)
         self.num_directions = num_directions
         self.estimator = estimator
         self.noise = noise
-        self.layers = list(layers) if layers is not None else None
         self.seed = seed
         self._generator: torch.Generator | None = None
         self._pending_state: Tensor | None = None
@@ -165,13 +167,32 @@ class PerturbationRule:
             for handle in handles:
                 handle.remove()
 
+    def check_ran(self, layers: list[tuple[str, nn.Module]], ran: Container[int]) -> None:
+        """Raise naming every target layer whose forward hook did not fire in the pass."""
+        missing = [name for index, (name, _) in enumerate(layers) if index not in ran]
+        if missing:
+            raise RuntimeError(
+                f"{type(self).__name__}: target layer(s) {missing} did not run in the forward "
+                "pass, so no estimate can be formed for them. Typical causes: the layer's "
+                "weight is used functionally (F.linear(x, layer.weight)) instead of calling "
+                "the layer, it is an unused head, or it sits inside a torch.compile'd "
+                "submodule. Call the layer itself, or leave it out with `layers=[...]` "
+                "(fnmatch patterns of the layers to train)."
+            )
+
     @staticmethod
     def replicated_losses(
         model: nn.Module, loss_fn: PerSampleLoss, inputs: Tensor, targets: Tensor, replicas: int
     ) -> tuple[Tensor, Tensor]:
-        """Run all replicas as one batch; return per-sample losses ``(R, B)`` and logits."""
+        """Run all replicas as one batch; return per-sample losses ``(R, B)`` and logits.
+
+        Dropout masks are shared by the replicas of an example and BatchNorm normalises each
+        replica with its own batch statistics (:func:`~bioplausible_lightning._replicas.
+        replicated_forward`), so the loss differences measure the perturbations only.
+        """
         batch = inputs.shape[0]
-        logits = model(inputs.repeat(replicas, *([1] * (inputs.ndim - 1))))
+        with replicated_forward(model, batch, replicas):
+            logits = model(inputs.repeat(replicas, *([1] * (inputs.ndim - 1))))
         losses = loss_fn(logits, targets.repeat(replicas))
         if losses.shape != (replicas * batch,):
             raise ValueError(
