@@ -36,7 +36,8 @@ class NodePerturbation(PerturbationRule):
 
     Args:
         sigma: Standard deviation of the pre-activation perturbation (> 0).
-        num_directions: Perturbations per example averaged per step (>= 1).
+        num_directions: Perturbations per example averaged per step (>= 1; the default 8
+            is what reaches backprop's accuracy on the digits).
         estimator: ``"antithetic"`` (default) or ``"forward"``.
         noise: ``"gaussian"`` or ``"rademacher"``.
         layerwise: Perturb one layer at a time (one replica block per layer, all in one
@@ -49,7 +50,7 @@ class NodePerturbation(PerturbationRule):
     def __init__(
         self,
         sigma: float = 0.1,
-        num_directions: int = 1,
+        num_directions: int = 8,
         estimator: Estimator = "antithetic",
         noise: NoiseKind = "gaussian",
         layerwise: bool = True,
