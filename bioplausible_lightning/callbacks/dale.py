@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 from ..metrics.dale import count_sign_flips, dale_statistics, sign_pattern
 from ..metrics.layers import WEIGHT_LAYER_TYPES, WeightGetter, default_weight_getter
 from ..metrics.layers import presynaptic_layout as _layout
-from .base import Monitor
+from .base import TRAINER_INTERVAL, Interval, Monitor
 
 
 class DaleLawMonitor(Monitor):
@@ -29,7 +30,8 @@ class DaleLawMonitor(Monitor):
     (all units pooled), ``dale/sign_flips``, ``dale/nonfinite``.
 
     Args:
-        log_every_n_steps: Sample every this many training batches (None: epoch ends only).
+        log_every_n_steps: Sample every this many optimizer steps; default ``"trainer"``:
+            the Trainer's ``log_every_n_steps`` (None: epoch ends only).
         log_on_epoch_end: Also sample at the end of every training epoch.
         layer_types: Module types to monitor; default Linear, Conv and Dale layers (every
             module when a ``weight_getter`` is given).
@@ -44,7 +46,7 @@ class DaleLawMonitor(Monitor):
 
     def __init__(
         self,
-        log_every_n_steps: int | None = 100,
+        log_every_n_steps: Interval = TRAINER_INTERVAL,
         log_on_epoch_end: bool = False,
         layer_types: Sequence[type[nn.Module]] | None = None,
         name_pattern: str | None = None,
@@ -66,6 +68,13 @@ class DaleLawMonitor(Monitor):
         self.tol = tol
         self.track_sign_flips = track_sign_flips
         self._patterns: dict[str, Tensor] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "patterns": dict(self._patterns)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._patterns = dict(state_dict.get("patterns", {}))
 
     def accepts(self, module: nn.Module) -> bool:
         with torch.no_grad():

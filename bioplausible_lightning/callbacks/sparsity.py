@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..metrics.activity import activity_sparsity, weight_sparsity
 from ..metrics.layers import ACTIVATION_TYPES, WEIGHT_LAYER_TYPES, default_weight_getter, unit_dim
-from .base import Monitor
+from .base import TRAINER_INTERVAL, Interval, Monitor
 
 ForwardFn = Callable[[pl.LightningModule, Any], Any]
 
@@ -79,7 +79,8 @@ class SparsityMonitor(Monitor):
     ``nonfinite`` (activity), and for layers with a weight ``weight_sparsity``.
 
     Args:
-        log_every_n_steps: Sample every this many training batches (None: epoch ends only).
+        log_every_n_steps: Sample every this many optimizer steps; default ``"trainer"``:
+            the Trainer's ``log_every_n_steps`` (None: epoch ends only).
         log_on_epoch_end: Also sample at every validation epoch end (or, without validation,
             training epoch end).
         layer_types: Module types to monitor; default: weight layers (Linear, Conv, Dale)
@@ -96,7 +97,7 @@ class SparsityMonitor(Monitor):
 
     def __init__(
         self,
-        log_every_n_steps: int | None = 100,
+        log_every_n_steps: Interval = TRAINER_INTERVAL,
         log_on_epoch_end: bool = True,
         layer_types: Sequence[type[nn.Module]] | None = None,
         name_pattern: str | None = None,
