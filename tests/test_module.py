@@ -374,3 +374,32 @@ def test_default_module_learns_digits_like_the_cli_config():
     trainer = _trainer(max_epochs=8, limit_val_batches=0)
     trainer.fit(module, data)
     assert trainer.test(module, data, verbose=False)[0]["test/acc"] > 0.88
+
+
+@pytest.mark.parametrize("where", ["every_n_train_steps", "validation_mid_epoch", "last_batch"])
+def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(tmp_path, where):
+    # 10 batches per epoch; the first run stops after step 4 (10 at the last batch)
+    stop = 10 if where == "last_batch" else 4
+    val = dict(val_check_interval=4, limit_val_batches=1) if where == "validation_mid_epoch" else {}
+
+    def fit(ckpt_path=None, callbacks=(), **kw):
+        L.seed_everything(0)
+        module = _module(WeightPerturbation(num_directions=2, seed=3), lr=0.01)
+        options = {"max_epochs": 2, "limit_val_batches": 0, **val, **kw}
+        trainer = _trainer(tmp_path, callbacks=list(callbacks),
+                           enable_checkpointing=bool(callbacks), **options)  # fmt: skip
+        trainer.fit(module, DigitsDataModule(batch_size=128, seed=0), ckpt_path=ckpt_path)
+        return module
+
+    straight = fit()
+    if where == "validation_mid_epoch":
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, monitor="val/loss")
+    else:
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_train_steps=stop)
+    fit(callbacks=[ckpt], max_steps=stop)
+    (path,) = (tmp_path / "ck").glob(f"*step={stop}*.ckpt")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*dataloader is not resumable")
+        resumed = fit(ckpt_path=str(path))
+    a, b = _params(straight), _params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)

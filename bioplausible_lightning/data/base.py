@@ -10,7 +10,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .._validation import check_min_int
-from .sampling import EpochSeededSampler, samples_per_class_subset, stratified_split
+from .sampling import (
+    EpochSeededSampler,
+    ResumableDataLoader,
+    batches_done,
+    samples_per_class_subset,
+    stratified_split,
+)
 
 
 class SplitDataModule(L.LightningDataModule):
@@ -65,8 +71,11 @@ class SplitDataModule(L.LightningDataModule):
         self.val_set = Subset(pool, val_idx.tolist()) if val_idx.numel() else None
         self.test_set = test
 
-    def _loader(self, dataset: Dataset, sampler: EpochSeededSampler | None = None) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self, dataset: Dataset, sampler: EpochSeededSampler | None = None,
+        loader_cls: type[DataLoader] = DataLoader,
+    ) -> DataLoader:  # fmt: skip
+        return loader_cls(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -75,8 +84,13 @@ class SplitDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled by ``(seed, epoch)``; its position within the epoch is checkpointed, so a
+        run resumes exactly, mid-epoch included (:class:`ResumableDataLoader`)."""
         assert self.train_set is not None, "call setup() first"
-        return self._loader(self.train_set, EpochSeededSampler(len(self.train_set), self.seed))
+        sampler = EpochSeededSampler(len(self.train_set), self.seed)
+        loader = self._loader(self.train_set, sampler, ResumableDataLoader)
+        loader.progress = lambda: batches_done(self.trainer)
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set) if self.val_set is not None else []
