@@ -364,3 +364,21 @@ def test_monitor_history_and_sign_patterns_continue_across_a_resume(tmp_path) ->
         assert [row["step"] for row in b.history] == [3, 7, 11, 15]
         assert b.history == a.history  # sign flips counted against the saved patterns
     assert resumed[0].state_key != resumed[1].state_key
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: DaleLawMonitor(log_every_n_steps=True), "log_every_n_steps"),
+        (lambda: DaleLawMonitor(log_on_epoch_end="yes"), "log_on_epoch_end"),
+        (lambda: DaleLawMonitor(tol=True), "tol"),
+        (lambda: DaleLawMonitor(track_sign_flips=1), "track_sign_flips"),
+        (lambda: WeightDistributionMonitor(save_figure="no"), "save_figure"),
+        (lambda: WeightDistributionMonitor(figure_name=3), "figure_name"),
+        (lambda: SparsityMonitor(activity_tol=float("nan")), "activity_tol"),
+        (lambda: SparsityMonitor(forward_fn="forward"), "forward_fn"),
+    ],
+)
+def test_monitor_arguments_are_type_checked_at_construction(make, name) -> None:
+    with pytest.raises(ValueError, match=rf"{name}=.* is invalid"):
+        make()

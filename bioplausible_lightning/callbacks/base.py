@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
+from .._validation import check_bool
 from ..metrics.layers import type_names
 
 
@@ -94,7 +95,8 @@ class Monitor(Callback):
         name_pattern: str | None,
     ) -> None:
         self.log_every_n_steps = check_interval(log_every_n_steps)
-        self.log_on_epoch_end = bool(log_on_epoch_end)
+        check_bool("log_on_epoch_end", log_on_epoch_end)
+        self.log_on_epoch_end = log_on_epoch_end
         self.layer_types = check_types(layer_types, self.default_types)
         self.name_pattern = check_pattern(name_pattern)
         self.history: list[dict[str, float]] = []

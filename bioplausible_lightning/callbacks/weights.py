@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
+from .._validation import check_bool
 from ..metrics.distribution import sample_values, weight_distribution
 from ..metrics.layers import WEIGHT_LAYER_TYPES, WeightGetter, default_weight_getter
 from .base import TRAINER_INTERVAL, Interval, Monitor, logger_step
@@ -70,7 +71,10 @@ class WeightDistributionMonitor(Monitor):
         super().__init__(log_every_n_steps, log_on_epoch_end, layer_types, name_pattern)
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 2:
             raise ValueError(f"max_samples={max_samples!r} is invalid: it must be an int >= 2.")
-        if not figure_name.endswith(".png") or os.path.basename(figure_name) != figure_name:
+        check_bool("histograms", histograms)
+        check_bool("save_figure", save_figure)
+        plain_png = isinstance(figure_name, str) and figure_name.endswith(".png")
+        if not plain_png or os.path.basename(figure_name) != figure_name:
             raise ValueError(
                 f"figure_name={figure_name!r} is invalid: allowed is a plain file name ending "
                 "in '.png'."

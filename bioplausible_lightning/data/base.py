@@ -9,7 +9,7 @@ import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .._validation import check_min_int
+from .._validation import check_int, check_min_int, is_number
 from .sampling import (
     EpochSeededSampler,
     ResumableDataLoader,
@@ -36,12 +36,11 @@ class SplitDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         check_min_int("batch_size", batch_size)
-        if not 0.0 <= val_fraction < 1.0:
+        if not (is_number(val_fraction) and 0.0 <= val_fraction < 1.0):
             raise ValueError(f"val_fraction={val_fraction!r} is invalid: allowed is [0, 1).")
-        if samples_per_class is not None and samples_per_class < 1:
-            raise ValueError(
-                f"samples_per_class={samples_per_class!r} is invalid: an int >= 1 or None."
-            )
+        if samples_per_class is not None:
+            check_min_int("samples_per_class", samples_per_class)
+        check_int("seed", seed)
         check_min_int("num_workers", num_workers, 0)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
