@@ -264,7 +264,11 @@ def test_alpha_dropout_in_train_mode_is_refused_with_the_module_name(digits_batc
         NodePerturbation().estimate(model, cross_entropy, *digits_batch)
 
 
-@pytest.mark.parametrize("rule, repeats", FEW_CALL_RULES)
+@pytest.mark.parametrize(
+    "rule, repeats",  # pooled credit (node perturbation) is noisier: twice the samples
+    [(NodePerturbation(sigma=1e-3, num_directions=64), 40),
+     (WeightPerturbation(sigma=1e-3, num_directions=256, rank=2), 25)],
+)  # fmt: skip
 def test_batchnorm_normalises_each_replica_with_its_own_batch_statistics(
     rule, repeats, digits_batch
 ):
@@ -281,7 +285,7 @@ def test_batchnorm_normalises_each_replica_with_its_own_batch_statistics(
     running = model[2].running_mean.clone()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for _ in range(2 * repeats):  # pooled credit (node perturbation) is noisier
+        for _ in range(repeats):
             assert rule.estimate(model, cross_entropy, x, y, grad_scale=1 / repeats).finite
     messages = " ".join(str(w.message) for w in caught)
     assert "belong to no perturbed layer" in messages  # BatchNorm's own affine parameters
@@ -289,7 +293,7 @@ def test_batchnorm_normalises_each_replica_with_its_own_batch_statistics(
         assert "summed loss change" in messages
     assert torch.cosine_similarity(before.grad.flatten(), true, 0) > 0.9
     # running statistics are updated once per estimate, with the batch's statistics
-    assert model[2].num_batches_tracked.item() == 2 * repeats + 1
+    assert model[2].num_batches_tracked.item() == repeats + 1
     assert not torch.equal(model[2].running_mean, running)
 
 
