@@ -351,3 +351,11 @@ def test_wrongly_shaped_input_error_reports_the_users_batch_shape():
 def test_rule_arguments_are_type_checked_at_construction(factory, name):
     with pytest.raises(ValueError, match=rf"{name}=.* is invalid: .*(allowed|must)"):
         factory()
+
+
+@pytest.mark.parametrize("rule_cls", [NodePerturbation, WeightPerturbation])
+def test_empty_batch_gives_no_estimate_and_writes_no_gradient(rule_cls):
+    model = MODELS["torch_mlp"]()
+    x, y = torch.rand(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)
+    assert not rule_cls(num_directions=2).estimate(model, cross_entropy, x, y).finite
+    assert all(p.grad is None for p in model.parameters())

@@ -38,7 +38,8 @@ class RuleOutput:
         loss: Mean loss of the batch (the average over perturbed replicas, which equals the
             unperturbed loss up to O(σ²) for antithetic pairs, or the clean replica's loss).
         logits: Logits for the batch, ``(B, C)`` (averaged over replicas likewise).
-        finite: False when some replica's loss was not finite; then no ``.grad`` was written.
+        finite: False when some replica's loss was not finite (or the batch was empty); then
+            no ``.grad`` was written.
     """
 
     loss: Tensor
@@ -200,6 +201,12 @@ class PerturbationRule:
                 f"{tuple(losses.shape)}; use reduction='none'."
             )
         return losses.view(replicas, batch), logits.view(replicas, batch, *logits.shape[1:])
+
+    @staticmethod
+    def estimable(losses: Tensor) -> bool:
+        """Whether an estimate can be formed: every loss finite, and at least one (an empty
+        batch is reported like a non-finite one: ``finite=False``, no ``.grad`` written)."""
+        return losses.numel() > 0 and bool(torch.isfinite(losses).all())
 
     def summarize(self, losses: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
         """The batch loss and logits reported for metrics (clean replica when there is one)."""

@@ -118,7 +118,7 @@ class NodePerturbation(PerturbationRule):
         pooled = self._pooled_credit(order)
         summary_losses = losses[:block]
         loss, mean_logits = self.summarize(summary_losses, logits[:block])
-        if not torch.isfinite(losses).all():
+        if not self.estimable(losses):
             return RuleOutput(loss, mean_logits, finite=False)
 
         scale = grad_scale / (self.num_directions * batch)

@@ -179,7 +179,7 @@ class WeightPerturbation(PerturbationRule):
             losses, logits = self.replicated_losses(model, loss_fn, inputs, targets, replicas)
         self.check_ran(layers, seen)
         loss, mean_logits = self.summarize(losses, logits)
-        if not torch.isfinite(losses).all():
+        if not self.estimable(losses):
             return RuleOutput(loss, mean_logits, finite=False)
 
         coeff = self.directional_coefficients(losses.mean(1)) * (grad_scale / self.num_directions)
