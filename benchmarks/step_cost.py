@@ -136,7 +136,9 @@ def main() -> None:
             WeightPerturbation(structure="lowrank", noise="rademacher")
         ),
         "WP dense Gaussian, seeded, fused": rule_step(WeightPerturbation(structure="dense")),
-        "NP all layers at once, per-sample": rule_step(NodePerturbation(layerwise=False)),
+        "NP all layers at once, per-sample": rule_step(
+            NodePerturbation(num_directions=1, layerwise=False)
+        ),
     }
     kind = "DaleLinear (exp)" if args.dale else "nn.Linear"
     print(f"MLP {SIZES} of {kind}: {n_params / 1e6:.2f}M parameters, device={device}, "

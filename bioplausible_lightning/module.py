@@ -17,11 +17,46 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from ._validation import check_min_int
+from ._validation import check_callable, check_choice, check_min_int, check_positive
 from .losses import PerSampleLoss, resolve_loss
 from .rules.rule import LearningRule
 
 ClipAlgorithm = Literal["norm", "value"]
+
+#: Learning rate of the default optimizer.  The packaged CLI config names no optimizer and
+#: no rule settings, so ``PerturbationModule(model)`` and ``bioplausible-lightning fit`` train
+#: with the same defaults (these and :class:`~bioplausible_lightning.NodePerturbation`'s).
+DEFAULT_LR = 1e-2
+
+
+def default_optimizer(params: Any) -> torch.optim.Optimizer:
+    """The default optimizer: ``torch.optim.Adam(params, lr=DEFAULT_LR)``."""
+    return torch.optim.Adam(params, lr=DEFAULT_LR)
+
+
+def rule_config(rule: Any) -> dict[str, Any]:
+    """What a checkpoint records about a rule: its class and its public settings (the
+    attributes not starting with ``_``; values other than plain data by ``repr``)."""
+
+    def plain(value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return repr(value)
+
+    settings = {k: plain(v) for k, v in sorted(vars(rule).items()) if not k.startswith("_")}
+    return {"class": f"{type(rule).__module__}.{type(rule).__qualname__}", "settings": settings}
+
+
+def eager_model(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped, else ``model``: a rule's forward hooks change
+    every step, so its replicated pass runs eagerly (evaluation stays compiled)."""
+    return getattr(model, "_orig_mod", model) if _is_compiled(model) else model
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    return type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod")
 
 
 class ClassifierModule(L.LightningModule):
@@ -30,7 +65,8 @@ class ClassifierModule(L.LightningModule):
     Args:
         model: Any ``nn.Module`` mapping inputs to logits.  Default: a Dale-law
             :class:`~bioplausible_lightning.nn.BioMLP` for the 8×8 digits.
-        optimizer: Callable ``params -> Optimizer`` (default ``torch.optim.Adam``).
+        optimizer: Callable ``params -> Optimizer`` (default :func:`default_optimizer`:
+            Adam, lr ``DEFAULT_LR`` = 1e-2).
         lr_scheduler: Optional callable ``optimizer -> LRScheduler``.
         lr_scheduler_interval: Step the scheduler every ``"epoch"`` or every optimizer ``"step"``.
         lr_scheduler_frequency: Step it every this many intervals.
@@ -41,12 +77,15 @@ class ClassifierModule(L.LightningModule):
         gradient_clip_algorithm: ``"norm"`` or ``"value"``.
         accumulate_grad_batches: Optimizer step every this many batches (Trainer's own
             option is refused under manual optimisation).
+        max_consecutive_skips: Stop with an error after this many training steps in a row
+            were skipped (non-finite loss or empty batch): skipped steps do not advance
+            ``global_step``, so ``max_steps`` alone would never end such a run.
     """
 
     def __init__(
         self,
         model: nn.Module | None = None,
-        optimizer: OptimizerCallable = torch.optim.Adam,
+        optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         lr_scheduler_frequency: int = 1,
@@ -55,22 +94,25 @@ class ClassifierModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: ClipAlgorithm = "norm",
         accumulate_grad_batches: int = 1,
+        max_consecutive_skips: int = 100,
     ) -> None:
         super().__init__()
-        if lr_scheduler_interval not in ("epoch", "step"):
-            raise ValueError(
-                f"lr_scheduler_interval={lr_scheduler_interval!r} is invalid: "
-                "allowed values are ('epoch', 'step')."
-            )
+        if model is not None and not isinstance(model, nn.Module):
+            raise ValueError(f"model={model!r} is invalid: it must be an nn.Module or None.")
+        check_callable("optimizer", optimizer)
+        check_callable("lr_scheduler", lr_scheduler, optional=True)
+        check_choice("lr_scheduler_interval", lr_scheduler_interval, ("epoch", "step"))
         check_min_int("lr_scheduler_frequency", lr_scheduler_frequency)
-        check_min_int("accumulate_grad_batches", accumulate_grad_batches)
-        if gradient_clip_val is not None and not gradient_clip_val > 0:
-            raise ValueError(f"gradient_clip_val={gradient_clip_val!r} is invalid: None or > 0.")
-        if gradient_clip_algorithm not in ("norm", "value"):
+        if not isinstance(lr_scheduler_monitor, str):
             raise ValueError(
-                f"gradient_clip_algorithm={gradient_clip_algorithm!r} is invalid: "
-                "allowed values are ('norm', 'value')."
+                f"lr_scheduler_monitor={lr_scheduler_monitor!r} is invalid: it must be a "
+                "metric name (str)."
             )
+        check_min_int("accumulate_grad_batches", accumulate_grad_batches)
+        if gradient_clip_val is not None:
+            check_positive("gradient_clip_val", gradient_clip_val)
+        check_choice("gradient_clip_algorithm", gradient_clip_algorithm, ("norm", "value"))
+        check_min_int("max_consecutive_skips", max_consecutive_skips)
         self.automatic_optimization = False
         if model is None:
             from .nn import BioMLP
@@ -86,7 +128,9 @@ class ClassifierModule(L.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm
         self.accumulate_grad_batches = accumulate_grad_batches
+        self.max_consecutive_skips = max_consecutive_skips
         self.skipped_steps = 0
+        self.consecutive_skips = 0
         self._rule_optimizers: list[torch.optim.Optimizer] = []
         self._pending_rule_optimizer_states: list[dict[str, Any]] | None = None
         self._metrics = nn.ModuleDict(
@@ -145,26 +189,22 @@ class ClassifierModule(L.LightningModule):
             optimizer.load_state_dict(state)
         self._pending_rule_optimizer_states = None
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rule_optimizers"] = [opt.state_dict() for opt in self._rule_optimizers]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("rule_optimizers")
-        if states:
-            self._pending_rule_optimizer_states = states
-            if self._rule_optimizers:
-                self._load_rule_optimizer_states(states)
-
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
         optimizers = [self.optimizers(), *self._rule_optimizers]
         k = self.accumulate_grad_batches
+        if len(targets) == 0:  # e.g. a collate_fn that dropped every sample
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            self._skip("Empty batch")
+            return None
         loss, logits, finite = self.compute_gradients(inputs, targets, 1.0 / k)
         if not finite:
             for optimizer in optimizers:
                 optimizer.zero_grad()
-            self._skip(loss)
+            self._skip(f"Non-finite loss ({loss.item()})")
             return loss.detach()
+        self.consecutive_skips = 0
         if (batch_idx + 1) % k == 0 or self.trainer.is_last_batch:
             for optimizer in optimizers:
                 if self.gradient_clip_val is not None:
@@ -200,16 +240,43 @@ class ClassifierModule(L.LightningModule):
             else:
                 config.scheduler.step()
 
-    def _skip(self, loss: Tensor) -> None:
+    def _skip(self, reason: str) -> None:
+        """Count a skipped step (``reason`` says why); stop after too many in a row."""
         if self.skipped_steps == 0:
             rank_zero_warn(
-                f"Non-finite loss ({loss.item()}) at global step {self.global_step} "
+                f"{reason} at global step {self.global_step} "
                 f"(epoch {self.current_epoch}): this update was skipped and the parameters were "
                 "left unchanged. Further skips are counted in 'train/skipped_steps'.",
                 category=RuntimeWarning,
             )
         self.skipped_steps += 1
+        self.consecutive_skips += 1
         self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        if self.consecutive_skips >= self.max_consecutive_skips:
+            raise RuntimeError(
+                f"{self.consecutive_skips} consecutive training steps were skipped (the last: "
+                f"{reason}, at epoch {self.current_epoch}); "
+                "no update is being made, and skipped steps do not advance global_step, so "
+                "max_steps would never be reached. Check the data (empty or non-finite "
+                "batches) and the loss / learning rate (a diverged run), or raise "
+                "max_consecutive_skips."
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_steps"] = {
+            "total": self.skipped_steps, "consecutive": self.consecutive_skips,
+        }  # fmt: skip
+        checkpoint["rule_optimizers"] = [opt.state_dict() for opt in self._rule_optimizers]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        skipped = checkpoint.get("skipped_steps", {})
+        self.skipped_steps = skipped.get("total", 0)
+        self.consecutive_skips = skipped.get("consecutive", 0)
+        states = checkpoint.get("rule_optimizers")
+        if states:
+            self._pending_rule_optimizer_states = states
+            if self._rule_optimizers:
+                self._load_rule_optimizer_states(states)
 
     # -- evaluation ----------------------------------------------------------------------
     def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -253,9 +320,14 @@ class PerturbationModule(ClassifierModule):
 
     Args:
         model: Any ``nn.Module`` mapping inputs to logits (default: Dale ``BioMLP``).
-        rule: The learning rule (default :class:`~bioplausible_lightning.NodePerturbation`;
-            :class:`~bioplausible_lightning.HebbianPerturbation` is the paper's rule).
-        optimizer: Callable ``params -> Optimizer`` (default ``torch.optim.Adam``).
+            A ``torch.compile``'d model is accepted: the rule's perturbed pass runs the
+            wrapped module eagerly, evaluation runs compiled.
+        rule: The learning rule (default :class:`~bioplausible_lightning.NodePerturbation`
+            with its defaults; :class:`~bioplausible_lightning.HebbianPerturbation` is the
+            paper's rule).  Checkpoints record its class and settings; resuming with a
+            different rule warns and keeps the given rule, seed and all (its random state
+            then starts from its own seed instead of the checkpoint's).
+        optimizer: Callable ``params -> Optimizer`` (default :func:`default_optimizer`).
         lr_scheduler: Optional callable ``optimizer -> LRScheduler``.
         lr_scheduler_interval: ``"epoch"`` or ``"step"``.
         lr_scheduler_frequency: Step the scheduler every this many intervals.
@@ -264,13 +336,14 @@ class PerturbationModule(ClassifierModule):
         gradient_clip_val: Clip the estimated gradients (None = off).
         gradient_clip_algorithm: ``"norm"`` or ``"value"``.
         accumulate_grad_batches: Optimizer step every this many batches.
+        max_consecutive_skips: Stop with an error after this many skipped steps in a row.
     """
 
     def __init__(
         self,
         model: nn.Module | None = None,
         rule: LearningRule | None = None,
-        optimizer: OptimizerCallable = torch.optim.Adam,
+        optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         lr_scheduler_frequency: int = 1,
@@ -279,11 +352,12 @@ class PerturbationModule(ClassifierModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: ClipAlgorithm = "norm",
         accumulate_grad_batches: int = 1,
+        max_consecutive_skips: int = 100,
     ) -> None:
         super().__init__(
             model, optimizer, lr_scheduler, lr_scheduler_interval, lr_scheduler_frequency,
             lr_scheduler_monitor, loss, gradient_clip_val, gradient_clip_algorithm,
-            accumulate_grad_batches,
+            accumulate_grad_batches, max_consecutive_skips,
         )  # fmt: skip
         if rule is None:
             from .rules import NodePerturbation
@@ -295,25 +369,46 @@ class PerturbationModule(ClassifierModule):
                 "WeightPerturbation, CompetitiveHebbian, HebbianPerturbation, or a subclass)."
             )
         self.rule = rule
-        self.rule.targets(self.model)  # fail fast on a model the rule cannot train
+        targets = getattr(self.rule, "targets", None)
+        if targets is not None:
+            targets(eager_model(self.model))  # fail fast on a model the rule cannot train
 
     def own_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [own.factory(own.params) for own in self.rule.own_optimizers(self.model)]
+        model = eager_model(self.model)
+        return [own.factory(own.params) for own in self.rule.own_optimizers(model)]
 
     def compute_gradients(
         self, inputs: Tensor, targets: Tensor, grad_scale: float
     ) -> tuple[Tensor, Tensor, bool]:
-        out = self.rule.estimate(self.model, self.loss_fn, inputs, targets, grad_scale)
+        model = eager_model(self.model)
+        out = self.rule.estimate(model, self.loss_fn, inputs, targets, grad_scale)
         return out.loss, out.logits, out.finite
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["perturbation_rule"] = self.rule.state_dict()
+        checkpoint["perturbation_rule_config"] = rule_config(self.rule)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        if "perturbation_rule" in checkpoint:
-            self.rule.load_state_dict(checkpoint["perturbation_rule"])
+        if "perturbation_rule" not in checkpoint:
+            return
+        saved, current = checkpoint.get("perturbation_rule_config"), rule_config(self.rule)
+        if saved is not None and saved != current:
+            rank_zero_warn(
+                f"The checkpoint was trained with {_describe(saved)}, but this module's rule is "
+                f"{_describe(current)}. The given rule is used as configured; the checkpoint's "
+                "rule state (its random-number state) is not loaded, so the rule's noise "
+                f"starts from its own seed. Pass the checkpoint's rule to resume exactly.",
+                category=UserWarning,
+            )
+            return
+        self.rule.load_state_dict(checkpoint["perturbation_rule"])
+
+
+def _describe(config: dict[str, Any]) -> str:
+    settings = ", ".join(f"{k}={v!r}" for k, v in config["settings"].items())
+    return f"{config['class'].rsplit('.', 1)[-1]}({settings})"
 
 
 class BackpropModule(ClassifierModule):

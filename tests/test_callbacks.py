@@ -79,14 +79,15 @@ def monitors(every: int = 4) -> list:
     ]
 
 
-def fit(module: L.LightningModule, callbacks: list, logger=False, batches: int = 8, **kw):
+def fit(module: L.LightningModule, callbacks: list, logger=False, batches: int = 8,
+        ckpt_path=None, **kw):  # fmt: skip
     options = dict(
         max_epochs=1, limit_train_batches=batches, limit_val_batches=2, logger=logger,
         callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=4,
     )  # fmt: skip
     trainer = L.Trainer(**{**options, **kw})
-    trainer.fit(module, DigitsDataModule(batch_size=32))
+    trainer.fit(module, DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
     return trainer
 
 
@@ -315,3 +316,69 @@ def test_tensorboard_histograms_per_layer(tmp_path) -> None:
     _, histograms = read_tensorboard(logger.log_dir)
     assert {"weights/net.1", "weights/net.4", "weights/net.4/log10_abs"} <= set(histograms)
     assert monitor.figure_path is None and not glob.glob(os.path.join(logger.log_dir, "*.png"))
+
+
+def test_one_sample_per_optimizer_step_under_gradient_accumulation() -> None:
+    from bioplausible_lightning.module import PerturbationModule
+    from bioplausible_lightning.rules import NodePerturbation
+
+    accumulating = PerturbationModule(BioMLP(hidden_sizes=(16,), seed=0),
+                                      NodePerturbation(num_directions=1),
+                                      accumulate_grad_batches=4)  # fmt: skip
+    for module, kw in [(PlainClassifier(), {"accumulate_grad_batches": 4}), (accumulating, {})]:
+        dale, weights = DaleLawMonitor(log_every_n_steps=1), WeightDistributionMonitor(1)
+        trainer = fit(module, [dale, weights], limit_val_batches=0, **kw)
+        assert trainer.global_step == 2  # 8 batches, 4 per optimizer step
+        for monitor in (dale, weights):
+            steps = [row["step"] for row in monitor.history]
+            assert len(steps) == 2 and len(set(steps)) == 2, steps
+        first, second = (tuple(v for k, v in row.items() if k.startswith("weights/"))
+                         for row in weights.history)  # fmt: skip
+        assert first != second
+
+
+def test_default_interval_is_the_trainers_log_every_n_steps() -> None:
+    callbacks = [DaleLawMonitor(), WeightDistributionMonitor(), SparsityMonitor()]
+    fit(PlainClassifier(), callbacks, log_every_n_steps=2, limit_val_batches=0)
+    for monitor in callbacks:
+        assert [row["step"] for row in monitor.history][:4] == [1, 3, 5, 7], monitor
+    with pytest.raises(ValueError, match="'trainer' for the Trainer's log_every_n_steps"):
+        DaleLawMonitor(log_every_n_steps="every")
+
+
+def test_monitor_history_and_sign_patterns_continue_across_a_resume(tmp_path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(epochs: int, ckpt_path=None, save=False) -> list:
+        L.seed_everything(0)
+        callbacks = [DaleLawMonitor(log_every_n_steps=4), WeightDistributionMonitor(4)]
+        extra = [ModelCheckpoint(dirpath=tmp_path, save_last=True)] if save else []
+        fit(perturbation_module(), callbacks + extra, max_epochs=epochs, limit_val_batches=0,
+            enable_checkpointing=save, default_root_dir=tmp_path, ckpt_path=ckpt_path)  # fmt: skip
+        return callbacks
+
+    straight = run(2)
+    run(1, save=True)
+    resumed = run(2, ckpt_path=str(tmp_path / "last.ckpt"))
+    for a, b in zip(straight, resumed):
+        assert [row["step"] for row in b.history] == [3, 7, 11, 15]
+        assert b.history == a.history  # sign flips counted against the saved patterns
+    assert resumed[0].state_key != resumed[1].state_key
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: DaleLawMonitor(log_every_n_steps=True), "log_every_n_steps"),
+        (lambda: DaleLawMonitor(log_on_epoch_end="yes"), "log_on_epoch_end"),
+        (lambda: DaleLawMonitor(tol=True), "tol"),
+        (lambda: DaleLawMonitor(track_sign_flips=1), "track_sign_flips"),
+        (lambda: WeightDistributionMonitor(save_figure="no"), "save_figure"),
+        (lambda: WeightDistributionMonitor(figure_name=3), "figure_name"),
+        (lambda: SparsityMonitor(activity_tol=float("nan")), "activity_tol"),
+        (lambda: SparsityMonitor(forward_fn="forward"), "forward_fn"),
+    ],
+)
+def test_monitor_arguments_are_type_checked_at_construction(make, name) -> None:
+    with pytest.raises(ValueError, match=rf"{name}=.* is invalid"):
+        make()

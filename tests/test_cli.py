@@ -3,9 +3,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.core import LightningDataModule
 
 from bioplausible_lightning import BackpropModule, BioMLP, NodePerturbation, PerturbationModule
-from bioplausible_lightning.cli import run_cli
+from bioplausible_lightning.cli import DEFAULT_CONFIG, BioCLI, run_cli
+from bioplausible_lightning.module import DEFAULT_LR, ClassifierModule, rule_config
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
@@ -41,7 +43,7 @@ def test_validate_subcommand_and_overrides(tmp_path):
 
 
 def test_bad_config_value_names_parameter_and_value(tmp_path):
-    with pytest.raises(ValueError, match=r"sigma=-1.0 is invalid: it must be a number > 0"):
+    with pytest.raises(ValueError, match=r"sigma=-1.0 is invalid: it must be a finite number > 0"):
         run_cli(["fit", f"--trainer.default_root_dir={tmp_path}",
                  "--model.rule.init_args.sigma=-1", *QUICK])  # fmt: skip
 
@@ -79,3 +81,13 @@ def test_hebbian_example_config_builds_the_plain_model_and_the_papers_rule(tmp_p
     layers = [m for m in cli.model.model.modules() if isinstance(m, nn.Linear)]
     assert len(layers) == 2 and all(type(m) is nn.Linear for m in layers)
     assert any(isinstance(m, SoftWinnerTakeAll) for m in cli.model.model.modules())
+
+
+def test_packaged_config_and_python_defaults_are_one_source_of_truth():
+    cli = BioCLI(ClassifierModule, LightningDataModule, subclass_mode_model=True,
+                 subclass_mode_data=True, run=False, args=[],
+                 parser_kwargs={"default_config_files": [DEFAULT_CONFIG]})  # fmt: skip
+    python = PerturbationModule(BioMLP())
+    assert rule_config(cli.model.rule) == rule_config(python.rule)
+    cli_lr = cli.model.configure_optimizers().param_groups[0]["lr"]
+    assert cli_lr == python.configure_optimizers().param_groups[0]["lr"] == DEFAULT_LR

@@ -54,3 +54,14 @@ def test_too_many_samples_per_class_names_the_class():
     data = DigitsDataModule(samples_per_class=500)
     with pytest.raises(ValueError, match="class 0 has only"):
         data.setup()
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"seed": "abc"}, "seed"), ({"seed": 0.5}, "seed"), ({"split_seed": True}, "split_seed"),
+     ({"val_fraction": "0.1"}, "val_fraction"), ({"samples_per_class": 2.5}, "samples_per_class"),
+     ({"batch_size": True}, "batch_size")],
+)  # fmt: skip
+def test_data_arguments_are_type_checked_at_construction(kwargs, name):
+    with pytest.raises(ValueError, match=rf"{name}=.* is invalid"):
+        DigitsDataModule(**kwargs)

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -220,3 +221,141 @@ def test_sigma_controls_perturbation_size(digits_batch):
     # one direction z: est = (g·z) z, so est·g = (g·z)^2 >= 0 and est ∥ z
     assert (est @ true).item() >= 0
     assert math.isfinite(est.norm().item())
+
+
+# -- stochastic and batch-coupled modules, odd layouts, layers that do not run -----------
+
+
+def _masked_autograd_grad(model, x, y, mask_seed):
+    torch.manual_seed(mask_seed)  # the dropout mask the rule's forward draws, too
+    return _autograd_grad(model, x, y)
+
+
+def _same_mask_estimate(rule, model, x, y, repeats, mask_seed):
+    model.zero_grad()
+    for _ in range(repeats):
+        torch.manual_seed(mask_seed)
+        assert rule.estimate(model, cross_entropy, x, y, grad_scale=1.0 / repeats).finite
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+# many directions per estimate, few estimates: the same samples at a fraction of the calls
+FEW_CALL_RULES = [
+    (NodePerturbation(sigma=1e-3, num_directions=64), 20),
+    (WeightPerturbation(sigma=1e-3, num_directions=256, rank=2), 25),
+]
+
+
+@pytest.mark.parametrize("rule, repeats", FEW_CALL_RULES)
+def test_dropout_replicas_share_one_mask_so_the_estimate_follows_the_gradient(
+    rule, repeats, digits_batch
+):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Linear(8, 10))  # fmt: skip
+    x, y = digits_batch
+    # without the shared mask the cosine is about 0.05 (each replica, its own mask)
+    est = _same_mask_estimate(rule, model, x, y, repeats, mask_seed=3)
+    assert torch.cosine_similarity(est, _masked_autograd_grad(model, x, y, 3), 0) > 0.9
+
+
+def test_alpha_dropout_in_train_mode_is_refused_with_the_module_name(digits_batch):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.AlphaDropout(0.2), nn.Linear(8, 10))
+    with pytest.raises(ValueError, match=r"'2' \(AlphaDropout\).*eval mode"):
+        NodePerturbation().estimate(model, cross_entropy, *digits_batch)
+
+
+@pytest.mark.parametrize(
+    "rule, repeats",  # pooled credit (node perturbation) is noisier: twice the samples
+    [(NodePerturbation(sigma=1e-3, num_directions=64), 40),
+     (WeightPerturbation(sigma=1e-3, num_directions=256, rank=2), 25)],
+)  # fmt: skip
+def test_batchnorm_normalises_each_replica_with_its_own_batch_statistics(
+    rule, repeats, digits_batch
+):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 10)
+    )
+    x, y = digits_batch
+    before = model[1].weight  # the layer *before* BatchNorm: ~0.5 with pooled statistics
+    model.zero_grad()
+    cross_entropy(model(x), y).mean().backward()
+    true = before.grad.flatten().clone()
+    model.zero_grad()
+    running = model[2].running_mean.clone()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(repeats):
+            assert rule.estimate(model, cross_entropy, x, y, grad_scale=1 / repeats).finite
+    messages = " ".join(str(w.message) for w in caught)
+    assert "belong to no perturbed layer" in messages  # BatchNorm's own affine parameters
+    if isinstance(rule, NodePerturbation):  # per-example credit cannot see the coupling
+        assert "summed loss change" in messages
+    assert torch.cosine_similarity(before.grad.flatten(), true, 0) > 0.9
+    # running statistics are updated once per estimate, with the batch's statistics
+    assert model[2].num_batches_tracked.item() == repeats + 1
+    assert not torch.equal(model[2].running_mean, running)
+
+
+def test_weight_perturbation_trains_linear_bias_on_sequence_input():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Flatten(), nn.Linear(8 * 3, 4))
+    x, y = torch.randn(16, 3, 5), torch.randint(0, 4, (16,))
+    rule = WeightPerturbation(sigma=1e-3, num_directions=256, rank=2)
+    est = _averaged_estimate(rule, model, x, y, 20)
+    assert torch.cosine_similarity(est, _autograd_grad(model, x, y), 0) > 0.9
+
+
+class _FunctionalHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(64, 10)
+        self.aux = nn.Linear(64, 10)  # never called: its weight is used through F.linear
+
+    def forward(self, x):
+        return self.body(x.flatten(1)) + nn.functional.linear(x.flatten(1), self.aux.weight)
+
+
+@pytest.mark.parametrize("rule_cls", [NodePerturbation, WeightPerturbation])
+def test_target_layer_that_never_runs_is_named_in_the_error(rule_cls, digits_batch):
+    model = _FunctionalHead()
+    with pytest.raises(RuntimeError, match=r"\['aux'\] did not run.*layers="):
+        rule_cls().estimate(model, cross_entropy, *digits_batch)
+    assert model.body.weight.grad is None  # nothing was written
+    # leaving it out works
+    assert rule_cls(layers=["body"]).estimate(model, cross_entropy, *digits_batch).finite
+
+
+def test_wrongly_shaped_input_error_reports_the_users_batch_shape():
+    x, y = torch.rand(8, 3, 5), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"got \(8, 3, 5\)"):
+        NodePerturbation().estimate(BioMLP(), cross_entropy, x, y)
+
+
+@pytest.mark.parametrize(
+    "factory, name",
+    [
+        (lambda: NodePerturbation(sigma=True), "sigma"),
+        (lambda: NodePerturbation(sigma=float("inf")), "sigma"),
+        (lambda: NodePerturbation(sigma=float("nan")), "sigma"),
+        (lambda: NodePerturbation(layerwise="no"), "layerwise"),
+        (lambda: NodePerturbation(seed="abc"), "seed"),
+        (lambda: NodePerturbation(seed=0.5), "seed"),
+        (lambda: NodePerturbation(seed=True), "seed"),
+        (lambda: NodePerturbation(layers="fc"), "layers"),
+        (lambda: WeightPerturbation(layers=[1]), "layers"),
+        (lambda: WeightPerturbation(num_directions=2.0), "num_directions"),
+        (lambda: WeightPerturbation(estimator=True), "estimator"),
+    ],
+)
+def test_rule_arguments_are_type_checked_at_construction(factory, name):
+    with pytest.raises(ValueError, match=rf"{name}=.* is invalid: .*(allowed|must)"):
+        factory()
+
+
+@pytest.mark.parametrize("rule_cls", [NodePerturbation, WeightPerturbation])
+def test_empty_batch_gives_no_estimate_and_writes_no_gradient(rule_cls):
+    model = MODELS["torch_mlp"]()
+    x, y = torch.rand(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)
+    assert not rule_cls(num_directions=2).estimate(model, cross_entropy, x, y).finite
+    assert all(p.grad is None for p in model.parameters())

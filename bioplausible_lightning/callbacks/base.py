@@ -1,7 +1,9 @@
 """What the three monitors share: when to sample, which layers, where results go.
 
-A monitor samples every ``log_every_n_steps`` training batches and at the end of every
-training epoch, on rank zero only.  Results go to every logger the Trainer has (Lightning's
+A monitor samples every ``log_every_n_steps`` optimizer steps (by default the Trainer's own
+``log_every_n_steps``) and at the end of every training epoch, on rank zero only: at most
+one sample per optimizer step, since the weights change only there (gradient accumulation
+included).  Results go to every logger the Trainer has (Lightning's
 ``log_metrics``, as ``LearningRateMonitor`` does) and into :attr:`Monitor.history`, so a
 Trainer without a logger loses nothing.
 """
@@ -10,13 +12,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
+from .._validation import check_bool
 from ..metrics.layers import type_names
 
 
@@ -26,15 +29,21 @@ def logger_step(trainer: pl.Trainer) -> int:
     return int(getattr(loop, "_batches_that_stepped", trainer.global_step))
 
 
-def check_interval(log_every_n_steps: int | None) -> int | None:
-    if log_every_n_steps is not None and (
+#: Default interval: the Trainer's ``log_every_n_steps``, read when training starts.
+TRAINER_INTERVAL = "trainer"
+Interval = int | None | Literal["trainer"]
+
+
+def check_interval(log_every_n_steps: Interval) -> Interval:
+    if log_every_n_steps is not None and log_every_n_steps != TRAINER_INTERVAL and (
         isinstance(log_every_n_steps, bool)
         or not isinstance(log_every_n_steps, int)
         or log_every_n_steps < 1
     ):
         raise ValueError(
             f"log_every_n_steps={log_every_n_steps!r} is invalid: allowed is an int >= 1, "
-            "or None to sample only at epoch ends."
+            f"{TRAINER_INTERVAL!r} for the Trainer's log_every_n_steps, or None to sample "
+            "only at epoch ends."
         )
     return log_every_n_steps
 
@@ -71,6 +80,8 @@ class Monitor(Callback):
     Attributes:
         history: One dict per sample: ``step``, ``epoch`` and every logged key.
         latest: The most recent value of every key logged so far.
+
+    Both are saved in checkpoints (:meth:`state_dict`), so a resumed run continues them.
     """
 
     #: Types selected when the user passes ``layer_types=None``.
@@ -78,20 +89,23 @@ class Monitor(Callback):
 
     def __init__(
         self,
-        log_every_n_steps: int | None,
+        log_every_n_steps: Interval,
         log_on_epoch_end: bool,
         layer_types: Sequence[type[nn.Module]] | None,
         name_pattern: str | None,
     ) -> None:
         self.log_every_n_steps = check_interval(log_every_n_steps)
-        self.log_on_epoch_end = bool(log_on_epoch_end)
+        check_bool("log_on_epoch_end", log_on_epoch_end)
+        self.log_on_epoch_end = log_on_epoch_end
         self.layer_types = check_types(layer_types, self.default_types)
         self.name_pattern = check_pattern(name_pattern)
         self.history: list[dict[str, float]] = []
         self.latest: dict[str, float] = {}
         self.layers: list[tuple[str, nn.Module]] = []
-        self._batches_seen = 0
-        self._last_sample: int | None = None
+        self._interval: int | None = None if log_every_n_steps == TRAINER_INTERVAL else (
+            log_every_n_steps
+        )
+        self._last_sample: int | None = None  # global_step (optimizer steps) of the last one
         self._warned = False
 
     # -- selection ------------------------------------------------------------------------
@@ -119,6 +133,8 @@ class Monitor(Callback):
         return f"modules of type ({type_names(self.layer_types)}) with {pattern}"
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.log_every_n_steps == TRAINER_INTERVAL:
+            self._interval = trainer.log_every_n_steps
         self.layers = self.select_layers(pl_module)
         if not self.layers and not self._warned:
             self._warned = True
@@ -134,10 +150,9 @@ class Monitor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:  # fmt: skip
-        self._batches_seen += 1
-        n = self.log_every_n_steps
-        if n is not None and (logger_step(trainer) + 1) % n == 0:
-            self.sample(trainer, pl_module)
+        n, step = self._interval, trainer.global_step
+        if n is not None and step > 0 and step % n == 0 and step != self._last_sample:
+            self.sample(trainer, pl_module)  # an optimizer step just happened
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.log_on_epoch_end:
@@ -146,11 +161,13 @@ class Monitor(Callback):
     def sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Collect and log now, unless on another rank, nothing is selected, or the weights
         have not changed since the last sample."""
-        if not trainer.is_global_zero or not self.layers or self._last_sample == self._batches_seen:
+        if not trainer.is_global_zero or not self.layers:
+            return
+        if self._last_sample == trainer.global_step:  # no optimizer step since
             return
         metrics = self.collect(trainer, pl_module)
         if metrics:
-            self._last_sample = self._batches_seen
+            self._last_sample = trainer.global_step
             self.record(trainer, metrics)
 
     def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
@@ -169,5 +186,26 @@ class Monitor(Callback):
         """Every recorded value of ``key``, in order (for plots and tests)."""
         return [row[key] for row in self.history if key in row]
 
+    # -- checkpoints (Lightning's Callback state API) -------------------------------------
+    @property
+    def state_key(self) -> str:
+        pattern = None if self.name_pattern is None else self.name_pattern.pattern
+        return self._generate_state_key(
+            log_every_n_steps=self.log_every_n_steps, name_pattern=pattern,
+            layer_types=type_names(self.layer_types),
+        )  # fmt: skip
 
-__all__ = ["Monitor", "check_interval", "check_pattern", "check_types", "logger_step"]
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history), "latest": dict(self.latest),
+                "last_sample": self._last_sample}  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.latest = dict(state_dict.get("latest", {}))
+        self._last_sample = state_dict.get("last_sample")
+
+
+__all__ = [
+    "TRAINER_INTERVAL", "Monitor", "check_interval", "check_pattern", "check_types",
+    "logger_step",
+]  # fmt: skip

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_bool, is_number
 from ..metrics.dale import count_sign_flips, dale_statistics, sign_pattern
 from ..metrics.layers import WEIGHT_LAYER_TYPES, WeightGetter, default_weight_getter
 from ..metrics.layers import presynaptic_layout as _layout
-from .base import Monitor
+from .base import TRAINER_INTERVAL, Interval, Monitor
 
 
 class DaleLawMonitor(Monitor):
@@ -29,7 +31,8 @@ class DaleLawMonitor(Monitor):
     (all units pooled), ``dale/sign_flips``, ``dale/nonfinite``.
 
     Args:
-        log_every_n_steps: Sample every this many training batches (None: epoch ends only).
+        log_every_n_steps: Sample every this many optimizer steps; default ``"trainer"``:
+            the Trainer's ``log_every_n_steps`` (None: epoch ends only).
         log_on_epoch_end: Also sample at the end of every training epoch.
         layer_types: Module types to monitor; default Linear, Conv and Dale layers (every
             module when a ``weight_getter`` is given).
@@ -44,7 +47,7 @@ class DaleLawMonitor(Monitor):
 
     def __init__(
         self,
-        log_every_n_steps: int | None = 100,
+        log_every_n_steps: Interval = TRAINER_INTERVAL,
         log_on_epoch_end: bool = False,
         layer_types: Sequence[type[nn.Module]] | None = None,
         name_pattern: str | None = None,
@@ -60,12 +63,20 @@ class DaleLawMonitor(Monitor):
         if layer_types is None and weight_getter is not None:
             layer_types = (nn.Module,)
         super().__init__(log_every_n_steps, log_on_epoch_end, layer_types, name_pattern)
-        if not tol >= 0:
-            raise ValueError(f"tol={tol!r} is invalid: it must be >= 0.")
+        if not (is_number(tol) and tol >= 0):
+            raise ValueError(f"tol={tol!r} is invalid: it must be a finite number >= 0.")
+        check_bool("track_sign_flips", track_sign_flips)
         self.weight_getter = weight_getter or default_weight_getter
         self.tol = tol
         self.track_sign_flips = track_sign_flips
         self._patterns: dict[str, Tensor] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "patterns": dict(self._patterns)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._patterns = dict(state_dict.get("patterns", {}))
 
     def accepts(self, module: nn.Module) -> bool:
         with torch.no_grad():

@@ -15,9 +15,10 @@ from lightning.pytorch.utilities import move_data_to_device
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 
+from .._validation import check_callable, is_number
 from ..metrics.activity import activity_sparsity, weight_sparsity
 from ..metrics.layers import ACTIVATION_TYPES, WEIGHT_LAYER_TYPES, default_weight_getter, unit_dim
-from .base import Monitor
+from .base import TRAINER_INTERVAL, Interval, Monitor
 
 ForwardFn = Callable[[pl.LightningModule, Any], Any]
 
@@ -79,7 +80,8 @@ class SparsityMonitor(Monitor):
     ``nonfinite`` (activity), and for layers with a weight ``weight_sparsity``.
 
     Args:
-        log_every_n_steps: Sample every this many training batches (None: epoch ends only).
+        log_every_n_steps: Sample every this many optimizer steps; default ``"trainer"``:
+            the Trainer's ``log_every_n_steps`` (None: epoch ends only).
         log_on_epoch_end: Also sample at every validation epoch end (or, without validation,
             training epoch end).
         layer_types: Module types to monitor; default: weight layers (Linear, Conv, Dale)
@@ -96,7 +98,7 @@ class SparsityMonitor(Monitor):
 
     def __init__(
         self,
-        log_every_n_steps: int | None = 100,
+        log_every_n_steps: Interval = TRAINER_INTERVAL,
         log_on_epoch_end: bool = True,
         layer_types: Sequence[type[nn.Module]] | None = None,
         name_pattern: str | None = None,
@@ -107,9 +109,11 @@ class SparsityMonitor(Monitor):
         forward_fn: ForwardFn | None = None,
     ) -> None:
         super().__init__(log_every_n_steps, log_on_epoch_end, layer_types, name_pattern)
-        if not activity_tol >= 0:
-            raise ValueError(f"activity_tol={activity_tol!r} is invalid: it must be >= 0.")
-        if not 0 <= weight_rel_threshold < 1:
+        if not (is_number(activity_tol) and activity_tol >= 0):
+            raise ValueError(
+                f"activity_tol={activity_tol!r} is invalid: it must be a finite number >= 0."
+            )
+        if not (is_number(weight_rel_threshold) and 0 <= weight_rel_threshold < 1):
             raise ValueError(
                 f"weight_rel_threshold={weight_rel_threshold!r} is invalid: allowed is [0, 1)."
             )
@@ -121,6 +125,7 @@ class SparsityMonitor(Monitor):
         self.activity_tol = activity_tol
         self.weight_rel_threshold = weight_rel_threshold
         self.probe_size = probe_size
+        check_callable("forward_fn", forward_fn, optional=True)
         self.forward_fn = forward_fn or default_forward
         self.probe_batch = probe_batch
         self._probe: Any = None

@@ -5,15 +5,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
+from .._validation import check_bool
 from ..metrics.distribution import sample_values, weight_distribution
 from ..metrics.layers import WEIGHT_LAYER_TYPES, WeightGetter, default_weight_getter
-from .base import Monitor, logger_step
+from .base import TRAINER_INTERVAL, Interval, Monitor, logger_step
 
 
 class WeightDistributionMonitor(Monitor):
@@ -31,7 +33,8 @@ class WeightDistributionMonitor(Monitor):
     fitted lognormal / normal: the smaller fits better), ``nonfinite``.
 
     Args:
-        log_every_n_steps: Sample every this many training batches (None: epoch ends only).
+        log_every_n_steps: Sample every this many optimizer steps; default ``"trainer"``:
+            the Trainer's ``log_every_n_steps`` (None: epoch ends only).
         log_on_epoch_end: Also sample at the end of every training epoch.
         layer_types: Module types to monitor; default Linear, Conv and Dale layers (every
             module when a ``weight_getter`` is given).
@@ -48,7 +51,7 @@ class WeightDistributionMonitor(Monitor):
 
     def __init__(
         self,
-        log_every_n_steps: int | None = 200,
+        log_every_n_steps: Interval = TRAINER_INTERVAL,
         log_on_epoch_end: bool = False,
         layer_types: Sequence[type[nn.Module]] | None = None,
         name_pattern: str | None = None,
@@ -68,7 +71,10 @@ class WeightDistributionMonitor(Monitor):
         super().__init__(log_every_n_steps, log_on_epoch_end, layer_types, name_pattern)
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 2:
             raise ValueError(f"max_samples={max_samples!r} is invalid: it must be an int >= 2.")
-        if not figure_name.endswith(".png") or os.path.basename(figure_name) != figure_name:
+        check_bool("histograms", histograms)
+        check_bool("save_figure", save_figure)
+        plain_png = isinstance(figure_name, str) and figure_name.endswith(".png")
+        if not plain_png or os.path.basename(figure_name) != figure_name:
             raise ValueError(
                 f"figure_name={figure_name!r} is invalid: allowed is a plain file name ending "
                 "in '.png'."
@@ -81,6 +87,15 @@ class WeightDistributionMonitor(Monitor):
         self.figure_path: str | None = None
         self._first: dict[str, Tensor] = {}
         self._first_epoch = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "first": dict(self._first),
+                "first_epoch": self._first_epoch}  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._first = dict(state_dict.get("first", {}))
+        self._first_epoch = state_dict.get("first_epoch", 0)
 
     def accepts(self, module: nn.Module) -> bool:
         with torch.no_grad():
@@ -97,7 +112,7 @@ class WeightDistributionMonitor(Monitor):
         return out
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_figure and trainer.is_global_zero:
+        if self.save_figure and trainer.is_global_zero and not self._first:  # kept on resume
             self._first = {
                 name: sample_values(w, self.max_samples).abs().float()
                 for name, w in self._weights().items()

@@ -4,7 +4,12 @@ from .base import SplitDataModule, tensor_dataset
 from .cifar import CIFAR10DataModule, ImageFolderDataModule, load_image_folder
 from .digits import DigitsDataModule, load_digits_tensors
 from .mnist import MNISTDataModule, UInt8ImageDataset
-from .sampling import EpochSeededSampler, samples_per_class_subset, stratified_split
+from .sampling import (
+    EpochSeededSampler,
+    ResumableDataLoader,
+    samples_per_class_subset,
+    stratified_split,
+)
 
 __all__ = [
     "CIFAR10DataModule",
@@ -12,6 +17,7 @@ __all__ = [
     "EpochSeededSampler",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "ResumableDataLoader",
     "SplitDataModule",
     "UInt8ImageDataset",
     "load_digits_tensors",

@@ -9,8 +9,14 @@ import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .._validation import check_min_int
-from .sampling import EpochSeededSampler, samples_per_class_subset, stratified_split
+from .._validation import check_int, check_min_int, is_number
+from .sampling import (
+    EpochSeededSampler,
+    ResumableDataLoader,
+    batches_done,
+    samples_per_class_subset,
+    stratified_split,
+)
 
 
 class SplitDataModule(L.LightningDataModule):
@@ -30,12 +36,11 @@ class SplitDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         check_min_int("batch_size", batch_size)
-        if not 0.0 <= val_fraction < 1.0:
+        if not (is_number(val_fraction) and 0.0 <= val_fraction < 1.0):
             raise ValueError(f"val_fraction={val_fraction!r} is invalid: allowed is [0, 1).")
-        if samples_per_class is not None and samples_per_class < 1:
-            raise ValueError(
-                f"samples_per_class={samples_per_class!r} is invalid: an int >= 1 or None."
-            )
+        if samples_per_class is not None:
+            check_min_int("samples_per_class", samples_per_class)
+        check_int("seed", seed)
         check_min_int("num_workers", num_workers, 0)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
@@ -65,8 +70,11 @@ class SplitDataModule(L.LightningDataModule):
         self.val_set = Subset(pool, val_idx.tolist()) if val_idx.numel() else None
         self.test_set = test
 
-    def _loader(self, dataset: Dataset, sampler: EpochSeededSampler | None = None) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self, dataset: Dataset, sampler: EpochSeededSampler | None = None,
+        loader_cls: type[DataLoader] = DataLoader,
+    ) -> DataLoader:  # fmt: skip
+        return loader_cls(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -75,8 +83,13 @@ class SplitDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled by ``(seed, epoch)``; its position within the epoch is checkpointed, so a
+        run resumes exactly, mid-epoch included (:class:`ResumableDataLoader`)."""
         assert self.train_set is not None, "call setup() first"
-        return self._loader(self.train_set, EpochSeededSampler(len(self.train_set), self.seed))
+        sampler = EpochSeededSampler(len(self.train_set), self.seed)
+        loader = self._loader(self.train_set, sampler, ResumableDataLoader)
+        loader.progress = lambda: batches_done(self.trainer)
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set) if self.val_set is not None else []

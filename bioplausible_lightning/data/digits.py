@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._validation import check_int, is_number
 from .base import SplitDataModule, tensor_dataset
 from .sampling import stratified_split
 
@@ -50,7 +51,8 @@ class DigitsDataModule(SplitDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, val_fraction, samples_per_class, seed, num_workers)
-        if not 0.0 < test_fraction < 1.0:
+        check_int("split_seed", split_seed)
+        if not (is_number(test_fraction) and 0.0 < test_fraction < 1.0):
             raise ValueError(f"test_fraction={test_fraction!r} is invalid: allowed is (0, 1).")
         self.test_fraction = test_fraction
         self.split_seed = split_seed

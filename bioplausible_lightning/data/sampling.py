@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -54,20 +55,67 @@ class EpochSeededSampler(Sampler[int]):
 
     Lightning calls :meth:`set_epoch` at the start of every epoch, so a run resumed from
     a checkpoint sees exactly the batches the uninterrupted run would have seen; a plain
-    ``shuffle=True`` draws from the global RNG and would not.
+    ``shuffle=True`` draws from the global RNG and would not.  :meth:`resume_at` makes the
+    next pass over one epoch start part-way (a run resumed mid-epoch, see
+    :class:`ResumableDataLoader`); :meth:`__len__` stays the full epoch.
     """
 
     def __init__(self, num_samples: int, seed: int = 0) -> None:
         self.num_samples = num_samples
         self.seed = seed
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, samples to skip), one pass
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume_at(self, epoch: int, samples_done: int) -> None:
+        """Skip the first ``samples_done`` indices of ``epoch``'s permutation, once."""
+        self._resume = (epoch, samples_done) if samples_done > 0 else None
+
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        resume, self._resume = self._resume, None
+        if resume is not None and resume[0] == self.epoch:
+            order = order[resume[1] :]
+        return iter(order)
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class ResumableDataLoader(DataLoader):
+    """A training ``DataLoader`` over an :class:`EpochSeededSampler` whose position within
+    the epoch is saved in checkpoints, so a run resumed mid-epoch (``ModelCheckpoint(
+    every_n_train_steps=...)``, ``val_check_interval``) continues with the very batch the
+    uninterrupted run would have seen next.
+
+    Lightning saves and restores it through ``state_dict`` / ``load_state_dict`` (the
+    stateful-dataloader interface of its fit loop).  :attr:`progress` reports how many
+    batches of the current epoch the loop will not repeat on resume; the data modules set
+    it from their Trainer.
+    """
+
+    progress: Callable[[], int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.sampler
+        epoch = sampler.epoch if isinstance(sampler, EpochSeededSampler) else 0
+        return {"epoch": epoch, "batches_done": self.progress() if self.progress else 0}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if isinstance(self.sampler, EpochSeededSampler) and self.batch_size is not None:
+            self.sampler.resume_at(state["epoch"], state["batches_done"] * self.batch_size)
+
+
+def batches_done(trainer: Any) -> int:
+    """Batches of the current epoch a Lightning fit loop resumed from a checkpoint saved now
+    would not repeat: a batch whose training step finished counts; one interrupted inside
+    its step (an exception checkpoint) is run again.  Mirrors the loop's restart logic."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    if loop is None:
+        return 0
+    current = loop.batch_progress.current
+    finished_step = current.ready == current.started == current.processed
+    return current.processed if finished_step else current.completed

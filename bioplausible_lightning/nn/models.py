@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from .._replicas import user_shape
 from .activations import KWinnersTakeAll
 from .dale import DaleConv2d, DaleLinear, Parametrization
 
@@ -42,7 +43,7 @@ def _check_input(x: Tensor, input_shape: tuple[int, ...], model: str) -> Tensor:
         return x.view(x.shape[0], *input_shape)
     raise ValueError(
         f"{model} expected input of shape (N, {', '.join(map(str, input_shape))}) "
-        f"(or flattened (N, {math.prod(input_shape)})), got {tuple(x.shape)}."
+        f"(or flattened (N, {math.prod(input_shape)})), got {user_shape(x)}."
     )
 
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .._validation import check_choice, check_min_int, check_positive
+from .._replicas import replicated_forward
+from .._validation import check_choice, check_int, check_min_int, check_names, check_positive
 from ..losses import PerSampleLoss
 from .layers import find_target_layers
 from .rule import LearningRule, RuleOutput
@@ -76,11 +77,12 @@ class PerturbationRule(LearningRule):
         check_min_int("num_directions", num_directions, 1)
         check_choice("estimator", estimator, ("antithetic", "forward"))
         check_choice("noise", noise, ("gaussian", "rademacher"))
+        self.layers = check_names("layers", layers)
+        check_int("seed", seed)
         self.sigma = float(sigma)
         self.num_directions = num_directions
         self.estimator = estimator
         self.noise = noise
-        self.layers = list(layers) if layers is not None else None
         self.seed = seed
         self.replicate_at = replicate_at
         self._generator: torch.Generator | None = None
@@ -162,6 +164,19 @@ class PerturbationRule(LearningRule):
             for handle in handles:
                 handle.remove()
 
+    def check_ran(self, layers: list[tuple[str, nn.Module]], ran: Container[int]) -> None:
+        """Raise naming every target layer whose forward hook did not fire in the pass."""
+        missing = [name for index, (name, _) in enumerate(layers) if index not in ran]
+        if missing:
+            raise RuntimeError(
+                f"{type(self).__name__}: target layer(s) {missing} did not run in the forward "
+                "pass, so no estimate can be formed for them. Typical causes: the layer's "
+                "weight is used functionally (F.linear(x, layer.weight)) instead of calling "
+                "the layer, it is an unused head, or it sits inside a torch.compile'd "
+                "submodule. Call the layer itself, or leave it out with `layers=[...]` "
+                "(fnmatch patterns of the layers to train)."
+            )
+
     def replicated_losses(
         self,
         model: nn.Module,
@@ -170,14 +185,20 @@ class PerturbationRule(LearningRule):
         targets: Tensor,
         replicas: int,
     ) -> tuple[Tensor, Tensor]:
-        """Run all replicas as one batch; return per-sample losses ``(R, B)`` and logits."""
+        """Run all replicas as one batch; return per-sample losses ``(R, B)`` and logits.
+
+        Dropout masks are shared by the replicas of an example and BatchNorm normalises each
+        replica with its own batch statistics (:func:`~bioplausible_lightning._replicas.
+        replicated_forward`), so the loss differences measure the perturbations only.
+        """
         batch = inputs.shape[0]
 
         def replicate(x: Tensor) -> Tensor:
             return x.repeat(replicas, *([1] * (x.ndim - 1)))
 
         if self.replicate_at == "input":
-            logits = model(replicate(inputs))
+            with replicated_forward(model, batch, replicas):
+                logits = model(replicate(inputs))
         else:
             done = []
 
@@ -190,7 +211,8 @@ class PerturbationRule(LearningRule):
             handles = [module.register_forward_pre_hook(at_first_target)
                        for _, module in self.targets(model)]  # fmt: skip
             try:
-                logits = model(inputs)
+                with replicated_forward(model, batch, replicas):
+                    logits = model(inputs)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -207,6 +229,12 @@ class PerturbationRule(LearningRule):
                 f"{tuple(losses.shape)}; use reduction='none'."
             )
         return losses.view(replicas, batch), logits.view(replicas, batch, *logits.shape[1:])
+
+    @staticmethod
+    def estimable(losses: Tensor) -> bool:
+        """Whether an estimate can be formed: every loss finite, and at least one (an empty
+        batch is reported like a non-finite one: ``finite=False``, no ``.grad`` written)."""
+        return losses.numel() > 0 and bool(torch.isfinite(losses).all())
 
     def summarize(self, losses: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
         """The batch loss and logits reported for metrics (clean replica when there is one)."""

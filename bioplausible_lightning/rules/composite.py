@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .._validation import check_names
 from ..losses import PerSampleLoss
 from .base import PerturbationRule
 from .hebbian import CompetitiveHebbian
@@ -124,13 +125,10 @@ class HebbianPerturbation(CompositeRule):
                     f"{label}.layers={rule.layers!r} is invalid here: HebbianPerturbation "
                     "assigns the layers; use readout_layers= to choose the readout."
                 )
-        if isinstance(readout_layers, str):
-            raise ValueError(
-                f"readout_layers={readout_layers!r} is invalid: give a list of patterns."
-            )
+        readout_layers = check_names("readout_layers", readout_layers)
         super().__init__([hebbian, readout])
         self.hebbian, self.readout = hebbian, readout
-        self.readout_layers = list(readout_layers) if readout_layers is not None else None
+        self.readout_layers = readout_layers
         self._parts_for: int | None = None
 
     def parts(self, model: nn.Module) -> list[LearningRule]:

@@ -38,7 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_choice, check_min_int, check_positive
+from .._validation import (
+    check_bool,
+    check_choice,
+    check_min_int,
+    check_names,
+    check_positive,
+    is_number,
+)
 from ..losses import PerSampleLoss
 from .base import PerturbationRule
 from .layers import accumulate_weight_grad, find_target_layers, is_conv, weight_param
@@ -48,10 +55,8 @@ Competition = Literal["soft", "hard"]
 
 
 def _check_nonnegative(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name}={value!r} is invalid: it must be a number >= 0.")
-    if not math.isfinite(value):
-        raise ValueError(f"{name}={value!r} is invalid: it must be finite.")
+    if not (is_number(value) and value >= 0):
+        raise ValueError(f"{name}={value!r} is invalid: it must be a finite number >= 0.")
 
 
 def layer_inputs_as_rows(module: nn.Module, x: Tensor) -> Tensor:
@@ -105,24 +110,26 @@ class CompetitiveHebbian(LearningRule):
         check_positive("temperature", temperature)
         check_min_int("k", k, 1)
         _check_nonnegative("homeostasis", homeostasis)
-        if not isinstance(adaptive_rate, bool):
-            raise ValueError(f"adaptive_rate={adaptive_rate!r} is invalid: it must be a bool.")
+        check_bool("adaptive_rate", adaptive_rate)
         if layer_steps is not None:
             check_min_int("layer_steps", layer_steps, 1)
-        if isinstance(layers, str):
-            raise ValueError(f"layers={layers!r} is invalid: give a list of patterns, not a str.")
         self.lr = float(lr)
         self.competition = competition
         self.temperature = float(temperature)
         self.k = k
         self.homeostasis = float(homeostasis)
         self.adaptive_rate = adaptive_rate
-        self.layers = list(layers) if layers is not None else None
+        self.layers = check_names("layers", layers)
         self.layer_steps = layer_steps
-        self.steps = 0
+        self._steps = 0
         self._thresholds: dict[str, Tensor] = {}
         self._targets: list[tuple[str, nn.Module]] | None = None
         self._model_id: int | None = None
+
+    @property
+    def steps(self) -> int:
+        """Updates made so far (state, not a setting: checkpointed, drives ``layer_steps``)."""
+        return self._steps
 
     # -- which layers ------------------------------------------------------------------
     def targets(self, model: nn.Module, warn_unowned: bool = True) -> list[tuple[str, nn.Module]]:
@@ -150,7 +157,7 @@ class CompetitiveHebbian(LearningRule):
         layers = self.targets(model)
         if self.layer_steps is None:
             return layers
-        index = self.steps // self.layer_steps
+        index = self._steps // self.layer_steps
         return layers[index : index + 1]
 
     def own_optimizers(self, model: nn.Module) -> list[OwnOptimizer]:
@@ -237,14 +244,14 @@ class CompetitiveHebbian(LearningRule):
                 grad, threshold, _ = self.hebbian_update(weight, rows_x, rows_u, threshold)
                 self._thresholds[name] = threshold
                 accumulate_weight_grad(module, grad * grad_scale)
-            self.steps += 1
+            self._steps += 1
         return RuleOutput(loss, logits, finite)
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         thresholds = {name: t.clone() for name, t in self._thresholds.items()}
-        return {"steps": self.steps, "thresholds": thresholds}
+        return {"steps": self._steps, "thresholds": thresholds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.steps = int(state["steps"])
+        self._steps = int(state["steps"])
         self._thresholds = {k: v.clone() for k, v in state["thresholds"].items()}

@@ -30,7 +30,8 @@ class RuleOutput:
         loss: Mean loss of the batch (the average over perturbed replicas, which equals the
             unperturbed loss up to O(σ²) for antithetic pairs, or the clean replica's loss).
         logits: Logits for the batch, ``(B, C)`` (averaged over replicas likewise).
-        finite: False when some replica's loss was not finite; then no ``.grad`` was written.
+        finite: False when some replica's loss was not finite (or the batch was empty); then
+            no ``.grad`` was written.
     """
 
     loss: Tensor

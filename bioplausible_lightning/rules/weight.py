@@ -182,8 +182,9 @@ class WeightPerturbation(PerturbationRule):
         hooks = {module: make_hook(i, name) for i, (name, module) in enumerate(layers)}
         with self.hooked(hooks):
             losses, logits = self.replicated_losses(model, loss_fn, inputs, targets, replicas)
+        self.check_ran(layers, seen)
         loss, mean_logits = self.summarize(losses, logits)
-        if not torch.isfinite(losses).all():
+        if not self.estimable(losses):
             return RuleOutput(loss, mean_logits, finite=False)
 
         coeff = self.directional_coefficients(losses.mean(1)) * (grad_scale / self.num_directions)
@@ -201,8 +202,10 @@ class WeightPerturbation(PerturbationRule):
     ) -> None:  # fmt: skip
         out = output.view(replicas, -1, *output.shape[1:])
         xs = x.view(replicas, -1, *x.shape[1:])
-        bshape = (replicas, 1, -1) + (1,) * (output.ndim - 2)
-        if "bias" in factors:
+        if "bias" in factors:  # output features: dim 1 of a conv, the last dim of a Linear
+            bshape = (replicas, 1, -1) + (1,) * (output.ndim - 2)
+            if not is_conv(module):
+                bshape = (replicas,) + (1,) * (output.ndim - 1) + (-1,)
             out.add_((factors["bias"][direction] * sign[:, None]).view(bshape), alpha=self.sigma)
         if self.structure == "lowrank" and not self._multiplicative(module):
             out.add_(self._lowrank_delta(module, xs, factors, direction, sign), alpha=self.sigma)
@@ -215,7 +218,7 @@ class WeightPerturbation(PerturbationRule):
                 p = p * weight
             chunk = xs[rows].reshape(-1, *x.shape[1:])
             delta = _apply(module, chunk, p).view(len(rows), -1, *output.shape[1:])
-            out[rows] += delta * (self.sigma * sign[rows]).view(len(rows), *bshape[1:])
+            out[rows] += delta * (self.sigma * sign[rows]).view(-1, *([1] * output.ndim))
 
     def _lowrank_delta(self, module: nn.Module, xs: Tensor, factors: dict[str, Tensor],
                        direction: Tensor, sign: Tensor) -> Tensor:  # fmt: skip
