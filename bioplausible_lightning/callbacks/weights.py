@@ -29,7 +29,8 @@ class WeightDistributionMonitor(Monitor):
 
     Logged keys, per layer ``<layer>``: ``weights/<layer>/log_abs_mean``, ``log_abs_std``,
     ``log_abs_skewness``, ``log_abs_kurtosis`` (excess; moments of ``log|w|``),
-    ``positive_fraction``, ``ks_lognormal`` and ``ks_normal`` (KS distance of ``|w|`` to the
+    ``positive_fraction``, ``positive_mass`` (share of the ``|w|`` mass that is positive),
+    ``ks_lognormal`` and ``ks_normal`` (KS distance of ``|w|`` to the
     fitted lognormal / normal: the smaller fits better), ``nonfinite``.
 
     Args:
