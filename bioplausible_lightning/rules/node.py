@@ -110,7 +110,8 @@ class NodePerturbation(PerturbationRule):
             coeff = self.directional_coefficients(losses[start : start + block])  # (K, B)
             delta = noise * coeff.view(*coeff.shape, *([1] * (noise.ndim - 2)))
             self._accumulate(module, x, delta, scale)
-        return RuleOutput(loss, mean_logits, finite=True)
+        rpe = self.reward_prediction_error(summary_losses.mean(1))  # the first block's
+        return RuleOutput(loss, mean_logits, finite=True, rpe=rpe)
 
     @staticmethod
     def _accumulate(module: nn.Module, x: Tensor, delta: Tensor, scale: float) -> None:
