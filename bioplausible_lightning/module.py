@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from ._validation import check_min_int
+from .dopamine import AdapterRunner, StepSizeAdapterCallable
 from .losses import PerSampleLoss, resolve_loss
 from .rules.base import PerturbationRule
 
@@ -92,7 +93,8 @@ class ClassifierModule(L.LightningModule):
              for name in ("loss", "acc")}
         )  # fmt: skip
         self.save_hyperparameters(
-            ignore=["model", "rule", "optimizer", "lr_scheduler", "loss"], logger=False
+            ignore=["model", "rule", "optimizer", "lr_scheduler", "loss", "step_size_adapter"],
+            logger=False,
         )
 
     # -- what subclasses provide ---------------------------------------------------------
@@ -223,6 +225,9 @@ class PerturbationModule(ClassifierModule):
         gradient_clip_val: Clip the estimated gradients (None = off).
         gradient_clip_algorithm: ``"norm"`` or ``"value"``.
         accumulate_grad_batches: Optimizer step every this many batches.
+        step_size_adapter: Optional callable ``optimizer -> DopamineStepSize``: the rule's
+            reward prediction error (logged as ``train/rpe``) adapts the learning rate after
+            every optimizer step (see :mod:`bioplausible_lightning.dopamine`); checkpointed.
     """
 
     def __init__(
@@ -238,6 +243,8 @@ class PerturbationModule(ClassifierModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: ClipAlgorithm = "norm",
         accumulate_grad_batches: int = 1,
+        *,
+        step_size_adapter: StepSizeAdapterCallable | None = None,
     ) -> None:
         super().__init__(
             model, optimizer, lr_scheduler, lr_scheduler_interval, lr_scheduler_frequency,
@@ -255,19 +262,45 @@ class PerturbationModule(ClassifierModule):
             )
         self.rule = rule
         self.rule.targets(self.model)  # fail fast on a model the rule cannot train
+        self._adapter = AdapterRunner(step_size_adapter)
+
+    @property
+    def step_size_adapter(self) -> Any:
+        """The :class:`~bioplausible_lightning.DopamineStepSize` in use (None without one)."""
+        return self._adapter.adapter
+
+    def configure_optimizers(self) -> Any:
+        config = super().configure_optimizers()
+        self._adapter.build(config["optimizer"] if isinstance(config, dict) else config)
+        return config
+
+    def on_train_start(self) -> None:
+        self._adapter.start(self.global_step)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        rpe, scale = self._adapter.after_batch(self.global_step)
+        if rpe is not None:
+            self.log("train/rpe", rpe, on_step=True, on_epoch=True, batch_size=1)
+        if scale is not None:
+            self.log("train/step_size_scale", scale, on_step=True, on_epoch=False)
 
     def compute_gradients(
         self, inputs: Tensor, targets: Tensor, grad_scale: float
     ) -> tuple[Tensor, Tensor, bool]:
         out = self.rule.estimate(self.model, self.loss_fn, inputs, targets, grad_scale)
+        if out.finite:
+            self._adapter.record(out.rpe)
         return out.loss, out.logits, out.finite
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["perturbation_rule"] = self.rule.state_dict()
+        if self.step_size_adapter is not None:
+            checkpoint["step_size_adapter"] = self._adapter.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "perturbation_rule" in checkpoint:
             self.rule.load_state_dict(checkpoint["perturbation_rule"])
+        self._adapter.load_state_dict(checkpoint.get("step_size_adapter"))
 
 
 class BackpropModule(ClassifierModule):
