@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._validation import check_in_range, check_min_int, check_positive
+from ._validation import check_in_range, check_min_int
 
 
 class DopamineStepSize:
@@ -48,7 +48,9 @@ class DopamineStepSize:
     Args:
         optimizer: Any ``torch.optim.Optimizer`` (its groups' ``lr`` are scaled).
         beta: EMA factor of the mean-square RPE, in [0, 1).
-        gamma: Strength (> 0): ``s = (v̂_ref / v̂)^{γ/2}``; 1 normalises the step fully.
+        gamma: Strength, ``s = (v̂_ref / v̂)^{γ/2}``: 1 normalises the step fully, 0.5 half;
+            a negative value reverses the direction (the step grows *with* the RPE, a
+            "dopamine burst" reading), kept for ablations.
         warmup: Optimizer steps before adapting (>= 1); the RPE level at the end of the
             warm-up is the reference at which the scale is 1.
         min_scale: Lower bound of the scale, in (0, 1].
@@ -69,7 +71,8 @@ class DopamineStepSize:
                 f"optimizer={optimizer!r} is invalid: expected a torch.optim.Optimizer."
             )
         check_in_range("beta", beta, 0.0, 1.0, high_open=True)
-        check_positive("gamma", gamma)
+        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma != 0):
+            raise ValueError(f"gamma={gamma!r} is invalid: it must be a finite number != 0.")
         check_min_int("warmup", warmup, 1)
         check_in_range("min_scale", min_scale, 0.0, 1.0, low_open=True)
         if not (isinstance(max_scale, (int, float)) and max_scale >= 1.0):

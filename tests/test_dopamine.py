@@ -103,7 +103,7 @@ def test_scale_equals_the_documented_formula_and_composes_with_a_scheduler():
     [
         ({"beta": 1.0}, r"beta=1.0 is invalid: it must be a number in \[0.0, 1.0\)"),
         ({"beta": -0.1}, r"beta=-0.1 is invalid"),
-        ({"gamma": 0.0}, r"gamma=0.0 is invalid: it must be a number > 0"),
+        ({"gamma": 0.0}, r"gamma=0.0 is invalid: it must be a finite number != 0"),
         ({"warmup": 0}, r"warmup=0 is invalid: it must be an int >= 1"),
         ({"min_scale": 0.0}, r"min_scale=0.0 is invalid: it must be a number in \(0.0, 1.0\]"),
         ({"min_scale": 2.0}, r"min_scale=2.0 is invalid"),
