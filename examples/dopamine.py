@@ -11,16 +11,16 @@ same small sweep, 5 seeds:
   accuracy (checked every 10 steps; cap: ``--digits-steps``);
 * **Mackey–Glass** (τ = 17, generated here by Euler integration): predict x(t+6) from
   x(t), x(t−6), x(t−12), x(t−18) with a 4-16-1 tanh MLP, full batch of 500 points; test
-  NRMSE (526 later points) after an
-  equal number of steps (LR chosen on a validation segment).
+  NRMSE on the 526 points after the next 250 (the validation segment, which picks the LR)
+  after an equal number of steps.
 
 A run that never reaches its target counts as the cap (and is reported as unsolved).
 Each step is exactly what ``PerturbationModule.training_step`` does with one batch (rule
 estimate → ``optimizer.step()`` → ``zero_grad()`` → ``step_size_adapter.step(rpe)``),
-written as a plain loop so the ~2,000 short runs finish in minutes on a CPU.
+written as a plain loop so its 185 short runs finish in minutes on a CPU.
 
-    python examples/dopamine.py            # ~5 min on one CPU thread
-    python examples/dopamine.py --quick    # smaller sweep and caps, ~1 min
+    python examples/dopamine.py            # ~6 min of one CPU thread
+    python examples/dopamine.py --quick    # 3 seeds, smaller sweeps and caps, ~45 s
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from bioplausible_lightning import DigitsDataModule, DopamineStepSize, WeightPer
 from bioplausible_lightning.losses import cross_entropy
 
 METHODS = ("fixed-LR WP", "RPE-adaptive WP", "backprop")
+SCALES: list[float] = []  # every step size scale the adapter set after its warm-up
 
 
 def squared_error(pred: Tensor, target: Tensor) -> Tensor:
@@ -178,6 +179,8 @@ def run(task: Task, method: str, lr: float, seed: int, gamma: float = 1.0
         optimizer.zero_grad()
         if adapter is not None and rpe is not None:
             adapter.step(rpe)
+            if adapter.num_steps > adapter.warmup:
+                SCALES.append(adapter.scale)
         if step % task.eval_every == 0:
             metric = task.evaluate(model)
             if not math.isfinite(metric):
@@ -209,8 +212,14 @@ def sweep(task: Task, method: str, lrs: list[float], seeds: list[int], gamma: fl
             values = [final for _, _, final in runs]
             solved = len(seeds)
             selection = statistics.mean(tracked for _, tracked, _ in runs)
+        scales = ""
+        if len(SCALES) > 1:  # the spread of the adapter's scale: 10th, 50th, 90th percentile
+            p10, p50, p90 = (statistics.quantiles(SCALES, n=10)[i] for i in (0, 4, 8))
+            scales = f"  scale p10/50/90 {p10:.2f}/{p50:.2f}/{p90:.2f}"
+        SCALES.clear()
+        solved_text = f"  solved {solved}/{len(seeds)}" if task.done is not None else ""
         print(f"  {task.name:22s} {method:16s} lr={lr:<7g} {statistics.mean(values):10.4g}"
-              f"  solved {solved}/{len(seeds)}  (select {selection:.4g})", flush=True)  # fmt: skip
+              f"{solved_text}  (select {selection:.4g}){scales}", flush=True)  # fmt: skip
         if best is None or selection < best.selection:
             best = Result(lr, values, solved, selection)
     assert best is not None
