@@ -275,9 +275,11 @@ class PerturbationModule(ClassifierModule):
         return config
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         self._adapter.start(self.global_step)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
         rpe, scale = self._adapter.after_batch(self.global_step)
         if rpe is not None:
             self.log("train/rpe", rpe, on_step=True, on_epoch=True, batch_size=1)

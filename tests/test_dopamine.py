@@ -79,6 +79,9 @@ def test_step_size_grows_when_the_rpe_shrinks_and_shrinks_when_it_grows():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.1)
     adapter.step(torch.tensor([math.nan]))  # ignored
     assert adapter.scale == 0.1 and adapter.num_steps == 29
+    reversed_ = DopamineStepSize(opt, beta=0.5, gamma=-1.0, warmup=3)  # the ablation
+    _feed(reversed_, [1.0, 1.0, 1.0])
+    assert _feed(reversed_, [0.1])[0] < 1.0  # a smaller RPE now shrinks the step
 
 
 def test_scale_equals_the_documented_formula_and_composes_with_a_scheduler():
