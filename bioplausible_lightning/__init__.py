@@ -2,6 +2,7 @@
 
 from .callbacks import DaleLawMonitor, SparsityMonitor, WeightDistributionMonitor
 from .data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule, MNISTDataModule
+from .dopamine import DopamineStepSize
 from .evaluation import AttackConfig, RobustnessCallback, evaluate_robustness, run_comparison
 from .module import BackpropModule, ClassifierModule, PerturbationModule
 from .nn import (
@@ -40,6 +41,7 @@ __all__ = [
     "DaleLinear",
     "DigitsDataModule",
     "HebbianPerturbation",
+    "DopamineStepSize",
     "ImageFolderDataModule",
     "InputNormalization",
     "KWinnersTakeAll",

@@ -67,3 +67,18 @@ def check_callable(name: str, value: Any, optional: bool = False) -> None:
     if not callable(value):
         allowed = "a callable" + (" or None" if optional else "")
         raise ValueError(f"{name}={value!r} is invalid: it must be {allowed}.")
+
+
+def check_in_range(
+    name: str, value: float, low: float, high: float, *, low_open: bool = False,
+    high_open: bool = False,
+) -> None:  # fmt: skip
+    """``low <= value <= high`` (``<`` on an open end); the message spells out the interval."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high
+        )
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name}={value!r} is invalid: it must be a number in {interval}.")

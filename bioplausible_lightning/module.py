@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from ._validation import check_callable, check_choice, check_min_int, check_positive
+from .dopamine import AdapterRunner, StepSizeAdapterCallable
 from .losses import PerSampleLoss, resolve_loss
 from .rules.rule import LearningRule
 
@@ -138,7 +139,8 @@ class ClassifierModule(L.LightningModule):
              for name in ("loss", "acc")}
         )  # fmt: skip
         self.save_hyperparameters(
-            ignore=["model", "rule", "optimizer", "lr_scheduler", "loss"], logger=False
+            ignore=["model", "rule", "optimizer", "lr_scheduler", "loss", "step_size_adapter"],
+            logger=False,
         )
 
     # -- what subclasses provide ---------------------------------------------------------
@@ -337,6 +339,9 @@ class PerturbationModule(ClassifierModule):
         gradient_clip_algorithm: ``"norm"`` or ``"value"``.
         accumulate_grad_batches: Optimizer step every this many batches.
         max_consecutive_skips: Stop with an error after this many skipped steps in a row.
+        step_size_adapter: Optional callable ``optimizer -> DopamineStepSize``: the rule's
+            reward prediction error (logged as ``train/rpe``) adapts the learning rate after
+            every optimizer step (see :mod:`bioplausible_lightning.dopamine`); checkpointed.
     """
 
     def __init__(
@@ -353,6 +358,8 @@ class PerturbationModule(ClassifierModule):
         gradient_clip_algorithm: ClipAlgorithm = "norm",
         accumulate_grad_batches: int = 1,
         max_consecutive_skips: int = 100,
+        *,
+        step_size_adapter: StepSizeAdapterCallable | None = None,
     ) -> None:
         super().__init__(
             model, optimizer, lr_scheduler, lr_scheduler_interval, lr_scheduler_frequency,
@@ -372,25 +379,53 @@ class PerturbationModule(ClassifierModule):
         targets = getattr(self.rule, "targets", None)
         if targets is not None:
             targets(eager_model(self.model))  # fail fast on a model the rule cannot train
+        self._adapter = AdapterRunner(step_size_adapter)
 
     def own_optimizers(self) -> list[torch.optim.Optimizer]:
         model = eager_model(self.model)
         return [own.factory(own.params) for own in self.rule.own_optimizers(model)]
+
+    @property
+    def step_size_adapter(self) -> Any:
+        """The :class:`~bioplausible_lightning.DopamineStepSize` in use (None without one)."""
+        return self._adapter.adapter
+
+    def configure_optimizers(self) -> Any:
+        config = super().configure_optimizers()
+        self._adapter.build(config["optimizer"] if isinstance(config, dict) else config)
+        return config
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._adapter.start(self.global_step)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        rpe, scale = self._adapter.after_batch(self.global_step)
+        if rpe is not None:
+            self.log("train/rpe", rpe, on_step=True, on_epoch=True, batch_size=1)
+        if scale is not None:
+            self.log("train/step_size_scale", scale, on_step=True, on_epoch=False)
 
     def compute_gradients(
         self, inputs: Tensor, targets: Tensor, grad_scale: float
     ) -> tuple[Tensor, Tensor, bool]:
         model = eager_model(self.model)
         out = self.rule.estimate(model, self.loss_fn, inputs, targets, grad_scale)
+        if out.finite:
+            self._adapter.record(out.rpe)
         return out.loss, out.logits, out.finite
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["perturbation_rule"] = self.rule.state_dict()
         checkpoint["perturbation_rule_config"] = rule_config(self.rule)
+        if self.step_size_adapter is not None:
+            checkpoint["step_size_adapter"] = self._adapter.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        self._adapter.load_state_dict(checkpoint.get("step_size_adapter"))
         if "perturbation_rule" not in checkpoint:
             return
         saved, current = checkpoint.get("perturbation_rule_config"), rule_config(self.rule)

@@ -116,6 +116,26 @@ class PerturbationRule(LearningRule):
             return (block_losses[0::2] - block_losses[1::2]) / (2 * self.sigma)
         return (block_losses[1:] - block_losses[:1]) / self.sigma
 
+    def reward_prediction_error(self, block_losses: Tensor) -> Tensor:
+        """Per-direction reward prediction error ``(K,)`` from a block's mean losses ``(R,)``.
+
+        ``rpe_k = L(θ + σ z_k) − E_k``: the batch-mean loss of direction k's (+) replica minus
+        the loss the rule expected of it, with the expectation
+
+        * ``"forward"``: the clean replica's loss ``L(θ)`` — so ``rpe.mean()`` is the expected
+          loss of the perturbed replicas minus the actual loss of the unperturbed model;
+        * ``"antithetic"``: the mean of the pair, ``(L(θ + σz_k) + L(θ − σz_k)) / 2`` — so
+          ``rpe_k = (L(θ + σz_k) − L(θ − σz_k)) / 2``.
+
+        In reward terms (reward = −loss) it is the reward of the expectation minus that of
+        the perturbed outcome: > 0 when the perturbation did worse than expected (a regret),
+        < 0 when it did better.  Both are ``σ ∇L·z_k + O(σ²)``: the directional differences
+        the estimate is made of, times σ, so it costs nothing extra.
+        """
+        if self.estimator == "antithetic":
+            return (block_losses[0::2] - block_losses[1::2]) / 2
+        return block_losses[1:] - block_losses[:1]
+
     # -- generator state (checkpointed) ---------------------------------------------------
     def generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:

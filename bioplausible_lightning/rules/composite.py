@@ -77,7 +77,7 @@ class CompositeRule(LearningRule):
             if not finite:
                 break
         assert out is not None
-        return RuleOutput(out.loss, out.logits, finite)
+        return RuleOutput(out.loss, out.logits, finite, out.rpe)  # the last (error-driven) part
 
     def own_optimizers(self, model: nn.Module) -> list[OwnOptimizer]:
         return [opt for rule in self.parts(model) for opt in rule.own_optimizers(model)]

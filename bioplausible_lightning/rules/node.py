@@ -134,7 +134,8 @@ class NodePerturbation(PerturbationRule):
                 coeff = coeff.sum(1, keepdim=True).expand_as(coeff)
             delta = noise * coeff.view(*coeff.shape, *([1] * (noise.ndim - 2)))
             self._accumulate(module, x, delta, scale)
-        return RuleOutput(loss, mean_logits, finite=True)
+        rpe = self.reward_prediction_error(summary_losses.mean(1))  # the first block's
+        return RuleOutput(loss, mean_logits, finite=True, rpe=rpe)
 
     def _pooled_credit(self, order: list[int | None]) -> set[int]:
         """Target layers that ran before the last batch-coupled module."""

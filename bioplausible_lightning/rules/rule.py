@@ -32,11 +32,14 @@ class RuleOutput:
         logits: Logits for the batch, ``(B, C)`` (averaged over replicas likewise).
         finite: False when some replica's loss was not finite (or the batch was empty); then
             no ``.grad`` was written.
+        rpe: The reward prediction error of each direction, ``(K,)``, or None for a rule that
+            does not measure one (see :meth:`PerturbationRule.reward_prediction_error`).
     """
 
     loss: Tensor
     logits: Tensor
     finite: bool
+    rpe: Tensor | None = None
 
 
 @dataclass

@@ -187,14 +187,16 @@ class WeightPerturbation(PerturbationRule):
         if not self.estimable(losses):
             return RuleOutput(loss, mean_logits, finite=False)
 
-        coeff = self.directional_coefficients(losses.mean(1)) * (grad_scale / self.num_directions)
+        block_losses = losses.mean(1)
+        coeff = self.directional_coefficients(block_losses) * (grad_scale / self.num_directions)
         for index, (_, module) in enumerate(layers):
             gen = None
             if self.structure == "dense":  # regenerate, don't store, the dense directions
                 gen = self._layer_generator(step_seed, index, device)
                 self._factors(module, gen, losses)  # replay the generator up to them
             self._accumulate(module, factors[index], coeff, gen)
-        return RuleOutput(loss, mean_logits, finite=True)
+        rpe = self.reward_prediction_error(block_losses)
+        return RuleOutput(loss, mean_logits, finite=True, rpe=rpe)
 
     def _perturb_output(
         self, module: nn.Module, x: Tensor, output: Tensor, factors: dict[str, Tensor],
