@@ -173,17 +173,16 @@ def test_hebbian_perturbation_fit_learns_the_digits_without_backward(monkeypatch
     monkeypatch.setattr(torch.autograd, "backward", trap)
     monkeypatch.setattr(torch.autograd, "grad", trap)
     L.seed_everything(0)
-    model = BioMLP(hidden_sizes=(128,), dale=False, input_mean=0.0, input_std=1.0, seed=0,
-                   activation=SoftWinnerTakeAll(0.8, 0.2))  # fmt: skip
-    module = PerturbationModule(
-        model, rule=HebbianPerturbation(CompetitiveHebbian(lr=2.0)),
-        optimizer=functools.partial(torch.optim.Adam, lr=0.01),
-    )  # fmt: skip
-    trainer = _trainer(max_epochs=8)
+    model = BioMLP(hidden_sizes=(64,), dale=False, input_mean=0.0, input_std=1.0, seed=0,
+                   activation=SoftWinnerTakeAll(0.5, 0.2))  # fmt: skip
+    rule = HebbianPerturbation(CompetitiveHebbian(lr=8.0, homeostasis=1e-2, layer_steps=100),
+                               NodePerturbation(replicate_at="first_target"))  # fmt: skip
+    module = PerturbationModule(model, rule=rule)
+    trainer = _trainer(max_epochs=10)
     data = DigitsDataModule(seed=0)
     trainer.fit(module, data)
     acc = trainer.test(module, data, verbose=False)[0]["test/acc"]
-    assert acc > 0.85  # chance is 0.10; label-free hidden layer + perturbation readout
+    assert acc > 0.8  # chance is 0.10; label-free hidden layer + perturbation readout
     assert positive_mass_fraction(model.layers[0].weight.detach()) > 0.9
 
 
