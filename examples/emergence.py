@@ -16,7 +16,7 @@ It writes ``emergence.json``, ``emergence.md`` (the README table) and a start-vs
 weight-histogram figure ``emergence.png`` into ``--out``.
 
     python examples/emergence.py                                  # MNIST-5k from ../shared/data
-    python examples/emergence.py --data digits --epochs 20        # anywhere, in about a minute
+    python examples/emergence.py --data digits --epochs 60        # anywhere, no data needed
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ from bioplausible_lightning.metrics import (
 
 SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist-5k"
 SETTINGS = {  # the settings of examples/digits_hebbian.yaml and examples/mnist_hebbian.yaml
-    "digits": dict(shape=(1, 8, 8), hidden=256, sparsity=0.8, temperature=0.2, hebb_lr=2.0,
-                   batch=64),
+    "digits": dict(shape=(1, 8, 8), hidden=2000, sparsity=0.8, temperature=0.2, hebb_lr=4.0,
+                   layer_steps=400, batch=64),
     "mnist": dict(shape=(1, 28, 28), hidden=2000, sparsity=0.95, temperature=1.0, hebb_lr=3.0,
-                  batch=32),
+                  layer_steps=1400, batch=32),
 }  # fmt: skip
 
 
@@ -68,10 +68,10 @@ def plain_model(s: dict) -> nn.Module:
 
 def learners(s: dict) -> dict[str, callable]:
     adam = functools.partial(torch.optim.Adam, lr=1e-2)
-    readout = dict(sigma=0.05, num_directions=8, seed=0)
+    readout = dict(sigma=0.1 if s["shape"][-1] == 8 else 0.05, num_directions=8, seed=0)
     return {
         "HebbianPerturbation": lambda m: PerturbationModule(m, rule=HebbianPerturbation(
-            CompetitiveHebbian(lr=s["hebb_lr"]),
+            CompetitiveHebbian(lr=s["hebb_lr"], homeostasis=0.01, layer_steps=s["layer_steps"]),
             NodePerturbation(**readout, replicate_at="first_target")), optimizer=adam),
         "node perturbation": lambda m: PerturbationModule(
             m, rule=NodePerturbation(**readout), optimizer=adam),
