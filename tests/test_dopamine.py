@@ -5,6 +5,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from _helpers import quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
@@ -121,13 +122,6 @@ def test_bad_settings_name_parameter_value_and_what_is_allowed(kwargs, message):
         DopamineStepSize("sgd")
 
 
-def _trainer(tmp_path=None, **kwargs):
-    defaults = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, deterministic=True)  # fmt: skip
-    if tmp_path is not None:
-        defaults["default_root_dir"] = tmp_path
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
 
 
 def _module(rule=None, **kwargs):
@@ -142,7 +136,7 @@ def _module(rule=None, **kwargs):
 
 def test_module_logs_rpe_and_steps_the_adapter_once_per_optimizer_step():
     module = _module(accumulate_grad_batches=2)
-    trainer = _trainer(max_epochs=1, limit_val_batches=0)
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
     trainer.fit(module, DigitsDataModule(batch_size=256))  # 5 batches -> 3 optimizer steps
     assert {"train/rpe_step", "train/rpe_epoch", "train/step_size_scale"} <= set(
         trainer.logged_metrics
@@ -159,7 +153,7 @@ def test_a_rule_without_rpe_leaves_the_step_size_alone():
             return dataclasses.replace(super().estimate(*args, **kwargs), rpe=None)
 
     module = _module(Silent(sigma=1e-3, seed=0))
-    trainer = _trainer(max_steps=3, limit_val_batches=0)
+    trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
     trainer.fit(module, DigitsDataModule(batch_size=256))
     assert module.step_size_adapter.num_steps == 0
     assert "train/rpe_step" not in trainer.logged_metrics
@@ -171,7 +165,7 @@ def test_resume_with_the_adaptive_step_size_is_bit_identical(tmp_path):
         L.seed_everything(0)
         module = _module(lr_scheduler=functools.partial(torch.optim.lr_scheduler.StepLR,
                                                         step_size=1, gamma=0.9))  # fmt: skip
-        trainer = _trainer(tmp_path, max_epochs=max_epochs, callbacks=callbacks or [],
+        trainer = quiet_trainer(tmp_path, max_epochs=max_epochs, callbacks=callbacks or [],
                            enable_checkpointing=bool(callbacks))  # fmt: skip
         trainer.fit(module, DigitsDataModule(batch_size=256, seed=0), ckpt_path=ckpt_path)
         return module, trainer

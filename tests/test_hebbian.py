@@ -6,6 +6,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from _helpers import quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
@@ -23,15 +24,6 @@ from bioplausible_lightning import (
 from bioplausible_lightning.data import load_digits_tensors
 from bioplausible_lightning.losses import cross_entropy
 from bioplausible_lightning.metrics import positive_mass_fraction
-
-
-def _trainer(tmp_path=None, **kwargs):
-    defaults = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, deterministic=True)  # fmt: skip
-    if tmp_path is not None:
-        defaults["default_root_dir"] = tmp_path
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
 
 
 def _hand_update(w, x, lr, temperature, threshold):
@@ -178,7 +170,7 @@ def test_hebbian_perturbation_fit_learns_the_digits_without_backward(monkeypatch
     rule = HebbianPerturbation(CompetitiveHebbian(lr=8.0, homeostasis=1e-2, layer_steps=100),
                                NodePerturbation(replicate_at="first_target"))  # fmt: skip
     module = PerturbationModule(model, rule=rule)
-    trainer = _trainer(max_epochs=10)
+    trainer = quiet_trainer(max_epochs=10)
     data = DigitsDataModule(seed=0)
     trainer.fit(module, data)
     acc = trainer.test(module, data, verbose=False)[0]["test/acc"]
@@ -196,7 +188,7 @@ def test_resume_with_hebbian_perturbation_is_bit_identical(tmp_path):
                                             NodePerturbation(num_directions=2, seed=3)),
             optimizer=functools.partial(torch.optim.Adam, lr=0.01),
         )  # fmt: skip
-        trainer = _trainer(tmp_path, max_epochs=max_epochs, callbacks=callbacks or [],
+        trainer = quiet_trainer(tmp_path, max_epochs=max_epochs, callbacks=callbacks or [],
                            enable_checkpointing=bool(callbacks))  # fmt: skip
         trainer.fit(module, DigitsDataModule(batch_size=128, seed=0), ckpt_path=ckpt_path)
         return module
@@ -258,7 +250,7 @@ def test_the_rules_own_optimizer_does_not_double_global_step():
     model = BioMLP(hidden_sizes=(16,), dale=False, input_mean=0.0, input_std=1.0, seed=0)
     module = PerturbationModule(model, rule=HebbianPerturbation(
         readout=NodePerturbation(num_directions=2, replicate_at="first_target")))  # fmt: skip
-    trainer = _trainer(max_steps=7, limit_val_batches=0)
+    trainer = quiet_trainer(max_steps=7, limit_val_batches=0)
     before = model.layers[0].weight.detach().clone()
     trainer.fit(module, DigitsDataModule(batch_size=32, seed=0))
     assert trainer.global_step == 7

@@ -4,6 +4,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from _helpers import quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -17,20 +18,6 @@ from bioplausible_lightning import (
     WeightPerturbation,
 )
 from bioplausible_lightning.losses import cross_entropy
-
-
-def _trainer(tmp_path=None, **kwargs):
-    defaults = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-    )
-    if tmp_path is not None:
-        defaults["default_root_dir"] = tmp_path
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
 
 
 def _module(rule=None, lr=0.01, **kwargs):
@@ -57,7 +44,7 @@ def test_perturbation_module_learns_digits_without_backward(monkeypatch):
     module = _module()
     signs = {n: torch.sign(m.weight).clone() for n, m in module.model.named_modules()
              if isinstance(m, DaleLinear)}  # fmt: skip
-    trainer = _trainer(max_epochs=15)
+    trainer = quiet_trainer(max_epochs=15)
     data = DigitsDataModule(seed=0)
     trainer.fit(module, data)
     assert {"train/loss_epoch", "train/acc", "val/loss", "val/acc"} <= set(trainer.logged_metrics)
@@ -74,7 +61,7 @@ def test_backprop_baseline_learns_with_the_same_interface():
     module = BackpropModule(
         BioMLP(hidden_sizes=(64,), seed=0), optimizer=functools.partial(torch.optim.Adam, lr=0.01)
     )
-    trainer = _trainer(max_epochs=5)
+    trainer = quiet_trainer(max_epochs=5)
     data = DigitsDataModule(seed=0)
     trainer.fit(module, data)
     assert trainer.test(module, data, verbose=False)[0]["test/acc"] > 0.9
@@ -93,7 +80,7 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path, rule_factory):
                          lr_scheduler=functools.partial(torch.optim.lr_scheduler.StepLR,
                                                         step_size=1,
                                                         gamma=0.9))  # fmt: skip
-        trainer = _trainer(tmp_path, max_epochs=max_epochs, callbacks=callbacks or [],
+        trainer = quiet_trainer(tmp_path, max_epochs=max_epochs, callbacks=callbacks or [],
                            enable_checkpointing=bool(callbacks))  # fmt: skip
         trainer.fit(module, DigitsDataModule(**data_kwargs), ckpt_path=ckpt_path)
         return module
@@ -129,7 +116,7 @@ def test_non_finite_loss_skips_update_warns_once_and_continues():
 
     recorder = Recorder()
     module = _module(loss=flaky_loss)
-    trainer = _trainer(max_steps=6, limit_val_batches=0, callbacks=[recorder])
+    trainer = quiet_trainer(max_steps=6, limit_val_batches=0, callbacks=[recorder])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(module, DigitsDataModule())
@@ -151,7 +138,7 @@ def test_lr_scheduler_is_stepped_per_configured_interval(interval, expected_step
         lr_scheduler_interval=interval,
     )
     data = DigitsDataModule(batch_size=256)  # 5 batches per epoch
-    trainer = _trainer(max_epochs=2, limit_val_batches=0)
+    trainer = quiet_trainer(max_epochs=2, limit_val_batches=0)
     trainer.fit(module, data)
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert lr == pytest.approx(0.1 * 0.5**expected_steps)
@@ -165,7 +152,7 @@ def test_reduce_on_plateau_reads_the_monitored_metric():
         ),
         lr_scheduler_monitor="val/loss",
     )
-    trainer = _trainer(max_epochs=2)
+    trainer = quiet_trainer(max_epochs=2)
     trainer.fit(module, DigitsDataModule(batch_size=256))
     # threshold=10 (relative) makes every epoch count as "no improvement"
     assert trainer.optimizers[0].param_groups[0]["lr"] < 0.1
@@ -176,7 +163,7 @@ def test_gradient_clipping_on_the_module_bounds_the_update():
         module = _module(lr=1.0, **kwargs)
         module.optimizer_factory = functools.partial(torch.optim.SGD, lr=1.0)
         before = torch.cat([p.detach().flatten().clone() for p in module.parameters()])
-        _trainer(max_steps=1, limit_val_batches=0).fit(module, DigitsDataModule())
+        quiet_trainer(max_steps=1, limit_val_batches=0).fit(module, DigitsDataModule())
         after = torch.cat([p.detach().flatten() for p in module.parameters()])
         return (after - before).norm().item()
 
@@ -189,12 +176,12 @@ def test_gradient_clipping_on_the_module_bounds_the_update():
 
 def test_trainer_gradient_clipping_is_refused_under_manual_optimization():
     with pytest.raises(Exception, match="gradient_clip_val"):
-        _trainer(max_steps=1, gradient_clip_val=1.0).fit(_module(), DigitsDataModule())
+        quiet_trainer(max_steps=1, gradient_clip_val=1.0).fit(_module(), DigitsDataModule())
 
 
 def test_accumulate_grad_batches_steps_every_k_batches():
     module = _module(accumulate_grad_batches=2)
-    trainer = _trainer(max_epochs=1, limit_val_batches=0)
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
     trainer.fit(module, DigitsDataModule(batch_size=256))  # 5 batches
     assert trainer.global_step == 3  # after batches 2, 4 and the last one
 
@@ -216,7 +203,7 @@ def test_loggers_checkpoints_and_trainer_flags(tmp_path):
         best, model=BioMLP(hidden_sizes=(64,)), rule=NodePerturbation(num_directions=2, seed=0)
     )
     assert restored.rule.state_dict()["generator_state"] is not None
-    fast = _trainer(fast_dev_run=True)
+    fast = quiet_trainer(fast_dev_run=True)
     fast.fit(_module(), DigitsDataModule())
     assert fast.global_step == 1
 
@@ -263,7 +250,7 @@ def test_empty_batch_is_skipped_like_a_non_finite_step(rule):
         return (x[:0], y[:0]) if calls["n"] == 2 else (x, y)
 
     module = _module(rule)
-    trainer = _trainer(max_epochs=1, limit_val_batches=0)
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
     with pytest.warns(RuntimeWarning, match="Empty batch"):
         trainer.fit(module, _tiny_loader(collate_fn=drop_second_batch))
     assert module.skipped_steps == 1
@@ -276,7 +263,7 @@ def test_consecutive_skipped_steps_stop_the_run_with_an_error():
         return cross_entropy(logits, targets) * float("nan")
 
     module = _module(loss=always_nan, max_consecutive_skips=3)
-    trainer = _trainer(max_steps=5, limit_val_batches=0)
+    trainer = quiet_trainer(max_steps=5, limit_val_batches=0)
     with (
         pytest.warns(RuntimeWarning, match="Non-finite loss"),
         pytest.raises(RuntimeError, match="3 consecutive training steps were skipped"),
@@ -296,7 +283,7 @@ def test_torch_compiled_model_trains_in_any_call_order(plain_forward_first):
                 model(torch.rand(16, 1, 8, 8))
         module = _module(NodePerturbation(num_directions=2, seed=0))
         module.model = model
-        trainer = _trainer(max_steps=4, num_sanity_val_steps=0, limit_val_batches=1,
+        trainer = quiet_trainer(max_steps=4, num_sanity_val_steps=0, limit_val_batches=1,
                            val_check_interval=2)  # fmt: skip
         trainer.fit(module, _tiny_loader())
         return net.state_dict()
@@ -306,7 +293,7 @@ def test_torch_compiled_model_trains_in_any_call_order(plain_forward_first):
 
 
 def test_resuming_with_a_different_rule_warns_and_keeps_the_given_rule(tmp_path):
-    trainer = _trainer(tmp_path, max_epochs=1, limit_val_batches=0, enable_checkpointing=True,
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0, enable_checkpointing=True,
                        callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])  # fmt: skip
     trainer.fit(_module(NodePerturbation(num_directions=2, seed=0)), _tiny_loader())
     ckpt = str(tmp_path / "last.ckpt")
@@ -317,13 +304,14 @@ def test_resuming_with_a_different_rule_warns_and_keeps_the_given_rule(tmp_path)
     for rule, changed in [(other_seed, "seed=1"), (other_rule, "WeightPerturbation")]:
         module = _module(rule)
         with pytest.warns(UserWarning, match=rf"trained with NodePerturbation\(.*{changed}"):
-            _trainer(max_epochs=2, limit_val_batches=0).fit(module, _tiny_loader(), ckpt_path=ckpt)
+            trainer = quiet_trainer(max_epochs=2, limit_val_batches=0)
+            trainer.fit(module, _tiny_loader(), ckpt_path=ckpt)
         assert module.rule is rule and rule.seed == (1 if changed == "seed=1" else 0)
     # the same rule resumes without a warning and continues the checkpoint's random stream
     module = _module(NodePerturbation(num_directions=2, seed=0))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*trained with")
-        _trainer(max_epochs=1, limit_val_batches=0).fit(module, _tiny_loader(), ckpt_path=ckpt)
+        quiet_trainer(max_epochs=1, limit_val_batches=0).fit(module, _tiny_loader(), ckpt_path=ckpt)
 
 
 @pytest.mark.parametrize(
@@ -371,7 +359,7 @@ def test_default_module_learns_digits_like_the_cli_config():
     L.seed_everything(0)
     module = PerturbationModule(BioMLP(hidden_sizes=(256,), seed=0))
     data = DigitsDataModule(batch_size=64, seed=0)
-    trainer = _trainer(max_epochs=8, limit_val_batches=0)
+    trainer = quiet_trainer(max_epochs=8, limit_val_batches=0)
     trainer.fit(module, data)
     assert trainer.test(module, data, verbose=False)[0]["test/acc"] > 0.88
 
@@ -386,7 +374,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(tmp_path, where):
         L.seed_everything(0)
         module = _module(WeightPerturbation(num_directions=2, seed=3), lr=0.01)
         options = {"max_epochs": 2, "limit_val_batches": 0, **val, **kw}
-        trainer = _trainer(tmp_path, callbacks=list(callbacks),
+        trainer = quiet_trainer(tmp_path, callbacks=list(callbacks),
                            enable_checkpointing=bool(callbacks), **options)  # fmt: skip
         trainer.fit(module, DigitsDataModule(batch_size=128, seed=0), ckpt_path=ckpt_path)
         return module

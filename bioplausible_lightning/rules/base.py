@@ -24,7 +24,7 @@ from .._replicas import replicated_forward
 from .._validation import check_choice, check_int, check_min_int, check_names, check_positive
 from ..losses import PerSampleLoss
 from .layers import find_target_layers
-from .rule import LearningRule, RuleOutput
+from .rule import LearningRule
 
 Estimator = Literal["antithetic", "forward"]
 NoiseKind = Literal["gaussian", "rademacher"]
@@ -261,15 +261,3 @@ class PerturbationRule(LearningRule):
         if self.estimator == "forward":
             return losses[0].mean(), logits[0]
         return losses.mean(), logits.mean(0)
-
-    # -- the protocol ---------------------------------------------------------------------
-    def estimate(
-        self,
-        model: nn.Module,
-        loss_fn: PerSampleLoss,
-        inputs: Tensor,
-        targets: Tensor,
-        grad_scale: float = 1.0,
-    ) -> RuleOutput:
-        """Add ``grad_scale`` × an estimate of ``d mean_loss / d param`` to every target's grad."""
-        raise NotImplementedError
