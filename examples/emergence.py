@@ -56,7 +56,7 @@ SETTINGS = {  # the settings of examples/digits_hebbian.yaml and examples/mnist_
     "digits": dict(shape=(1, 8, 8), hidden=2000, sparsity=0.8, temperature=0.2, hebb_lr=4.0,
                    layer_steps=400, batch=64),
     "mnist": dict(shape=(1, 28, 28), hidden=2000, sparsity=0.95, temperature=1.0, hebb_lr=3.0,
-                  layer_steps=1400, batch=32),
+                  layer_steps=None, batch=32),
 }  # fmt: skip
 
 
