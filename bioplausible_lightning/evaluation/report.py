@@ -129,6 +129,8 @@ class ComparisonConfig:
     crafted for every other learner; ``reference_source`` is the transfer source for the
     reference itself.  ``epochs=None``: each learner's own ``trainer.max_epochs``.
     ``depth_width=None``: the depth sweep repeats each learner's own first hidden width.
+    ``shots`` are the K of protocols (a) and (c); ``fewshot_seeds`` the draws of (a) (each a
+    training run), ``probe_seeds`` those of (c) (cheap: a logistic regression each).
     """
 
     dataset: str = "digits"
@@ -152,6 +154,7 @@ class ComparisonConfig:
     shots: Sequence[int] = (1, 5, 10)
     fewshot_seeds: Sequence[int] = (0, 1, 2, 3, 4)
     fewshot_steps: int = 300
+    probe_seeds: Sequence[int] = (0, 1, 2, 3, 4)
     episodic_shots: Sequence[int] = (1, 5)
     episodes: int = 200
     n_query: int = 15
@@ -203,9 +206,9 @@ def quick_config(out_dir: str = "comparison-quick", **overrides: Any) -> Compari
     settings: dict[str, Any] = dict(
         dataset="digits", out_dir=out_dir, epochs=4, eps=(0.1, 0.2), attack_samples=200,
         attacks=("fgsm", "pgd", "square", "transfer"), pgd_steps=10, square_queries=100,
-        shots=(1, 5), fewshot_seeds=(0, 1), fewshot_steps=40, episodic_shots=(1, 5),
-        episodes=100, n_query=5, base_epochs=3, depths=(1, 2), depth_epochs=1, depth_width=64,
-        representation_samples=450,
+        shots=(1, 5), fewshot_seeds=(0, 1), probe_seeds=(0, 1), fewshot_steps=40,
+        episodic_shots=(1, 5), episodes=100, n_query=5, base_epochs=3, depths=(1, 2),
+        depth_epochs=1, depth_width=64, representation_samples=450,
     )  # fmt: skip
     settings.update(overrides)
     return ComparisonConfig(**settings)
@@ -553,7 +556,7 @@ def fewshot_c_section(ctx: Context) -> dict[str, Any]:
 
     def probe(features: Callable[[tuple[Tensor, Tensor]], Tensor]) -> dict[str, Any]:
         res = linear_probe_few_shot((features(train), train[1]), (features(test), test[1]),
-                                    cfg.shots, cfg.fewshot_seeds, data.num_classes)  # fmt: skip
+                                    cfg.shots, cfg.probe_seeds, data.num_classes)  # fmt: skip
         return {str(k): est.to_dict() for k, est in res.items()}
 
     def hidden(model: nn.Module) -> Callable[[tuple[Tensor, Tensor]], Tensor]:
@@ -569,7 +572,7 @@ def fewshot_c_section(ctx: Context) -> dict[str, Any]:
         random_of[f"random ({name})"] = name
     return {"fewshot_label_free": {
         "protocol": f"{PROTOCOL_C}; features: input of the readout layer, of the model trained "
-                    f"in the main run; draws (seeds) {list(cfg.fewshot_seeds)}; 'random (X)': "
+                    f"in the main run; draws (seeds) {list(cfg.probe_seeds)}; 'random (X)': "
                     "X's model untrained (its initial weights), same recipe; 'pixels': raw pixels",
         "learners": [n for n in results if n != "pixels" and n not in random_of],
         "results": results,
