@@ -21,6 +21,7 @@ overrides after the path, separated by spaces:
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 from fractions import Fraction
@@ -98,6 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     overrides = {
         k: v
         for k, v in vars(args).items()

@@ -21,6 +21,7 @@ import copy
 import functools
 import importlib
 import json
+import logging
 import math
 import platform
 import time
@@ -54,6 +55,8 @@ from .representations import collect_activations, representation_report
 from .robustness import AttackConfig, evaluate_robustness
 from .stats import mean_ci
 from .training import fit
+
+log = logging.getLogger(__name__)
 
 #: The repository root: learner configs given as relative paths are looked up here when they
 #: are not found relative to the working directory.
@@ -689,6 +692,7 @@ def _run(config: ComparisonConfig, start: float) -> dict[str, Any]:
     t = time.perf_counter()
     report.update(train_section(ctx))
     seconds["train"] = time.perf_counter() - t
+    _write(out, report, seconds, config, "train")
     for section in SECTIONS:
         if section not in config.sections:
             continue
@@ -700,6 +704,7 @@ def _run(config: ComparisonConfig, start: float) -> dict[str, Any]:
         else:
             report.update(result)
         seconds[section] = time.perf_counter() - t
+        _write(out, report, seconds, config, section)
     files = {"report": "report.json", "summary": "summary.md"}
     files["weights"] = plots.plot_weights(ctx.figures["weights"], out / "weights.png").name
     files["sparsity"] = plots.plot_sparsity(ctx.figures["sparsity"], out / "sparsity.png").name
@@ -712,10 +717,26 @@ def _run(config: ComparisonConfig, start: float) -> dict[str, Any]:
     if "depth" in report:
         files["depth"] = plots.plot_depth(report["depth"], out / "depth.png").name
     seconds["total"] = time.perf_counter() - start
+    report["files"] = files
+    return _write(out, report, seconds, config, None)
+
+
+def _write(
+    out: Path,
+    report: dict[str, Any],
+    seconds: dict[str, float],
+    config: ComparisonConfig,
+    section: str | None,
+) -> dict[str, Any]:
+    """Write ``report.json`` and ``summary.md`` as they stand: after every section (so a
+    long run that is stopped keeps what it measured; ``report["complete"]`` is False
+    until the end) and at the end."""
     report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    report["complete"] = section is None
     if config.dataset == "mnist":
         report["goals"] = check_goals(report)
-    report["files"] = files
+    if section is not None:
+        log.info("compare: %s done in %.0f s", section, seconds[section])
     report = _json_safe(report)
     (out / "summary.md").write_text(summary_markdown(report))
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
@@ -781,6 +802,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
     cfg, learners = report["config"], report["learners"]
     names = list(learners)
     lines = [f"# Learners compared on {cfg['dataset']}", ""]
+    if report.get("complete") is False:
+        done = ", ".join(report.get("seconds", {}))
+        lines += [f"**Incomplete run**: sections done so far: {done}.", ""]
     lines += [f"- {name}: {desc}" for name, desc in learners.items()]
     lines.append(f"- seed {cfg['seed']}; transfer source: {cfg['reference']} for every other "
                  f"learner, {_reference_source(cfg)} for {cfg['reference']}")  # fmt: skip
