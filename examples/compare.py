@@ -26,10 +26,9 @@ import shlex
 import sys
 from fractions import Fraction
 
+from bioplausible_lightning.evaluation.learners import DEFAULT_LEARNERS, Learner
 from bioplausible_lightning.evaluation.report import (
-    DEFAULT_LEARNERS,
     SECTIONS,
-    Learner,
     full_config,
     quick_config,
     run_comparison,

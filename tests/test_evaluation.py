@@ -419,7 +419,7 @@ def digits_data():
 
 def test_learners_are_built_from_the_cli_configs(digits_data):
     from bioplausible_lightning import BackpropModule, HebbianPerturbation, PerturbationModule
-    from bioplausible_lightning.evaluation.report import DEFAULT_LEARNERS, LearnerRun
+    from bioplausible_lightning.evaluation.learners import DEFAULT_LEARNERS, LearnerRun
 
     node, bp_dale, bp, hebbian = (LearnerRun(lr) for lr in DEFAULT_LEARNERS["mnist"])
     five = digits_data.resplit(classes=[0, 1, 2, 3, 4])
@@ -442,7 +442,7 @@ def test_learners_are_built_from_the_cli_configs(digits_data):
 
 
 def test_every_default_learner_config_parses():
-    from bioplausible_lightning.evaluation.report import DEFAULT_LEARNERS, LearnerRun
+    from bioplausible_lightning.evaluation.learners import DEFAULT_LEARNERS, LearnerRun
 
     for dataset in ("digits", "mnist", "cifar10"):  # imagefolder: the cifar10 files
         runs = [LearnerRun(lr) for lr in DEFAULT_LEARNERS[dataset]]
@@ -452,7 +452,7 @@ def test_every_default_learner_config_parses():
 
 def test_learner_config_errors_name_the_file():
     from bioplausible_lightning.evaluation import Learner
-    from bioplausible_lightning.evaluation.report import LearnerRun
+    from bioplausible_lightning.evaluation.learners import LearnerRun
 
     with pytest.raises(ValueError, match="config='examples/nope.yaml'"):
         LearnerRun(Learner("x", "examples/nope.yaml"))

@@ -18,10 +18,9 @@ from .fewshot import (
     linear_probe_few_shot,
     nearest_prototype_accuracy,
 )
+from .learners import DEFAULT_LEARNERS, Learner
 from .report import (
-    DEFAULT_LEARNERS,
     ComparisonConfig,
-    Learner,
     full_config,
     quick_config,
     run_comparison,
