@@ -1,29 +1,34 @@
-"""Bio rule vs backprop: the whole comparison in one command.
+"""Learners compared: the whole comparison in one command.
 
-Trains the perturbation rule and backprop on the same architecture, data, seed and budget,
-then runs adversarial robustness (FGSM, PGD, Square, transfer), few-shot protocols (a) and
-(b), a depth sweep and a representation report.  Writes ``report.json``, PNG plots and
-``summary.md`` to ``--out``.
+Trains every learner (default: node perturbation and backprop on the Dale BioMLP, a
+standard backprop MLP and HebbianPerturbation, the paper's rule) on the same data and seed,
+then runs adversarial robustness (FGSM, PGD, Square, AutoAttack, transfer), few-shot
+protocols (a), (b) and (c), a depth sweep and a representation report.  Writes
+``report.json``, PNG plots and ``summary.md`` to ``--out``.
 
-    python examples/compare.py --quick                       # digits, ~10-30 s
+    python examples/compare.py --quick                       # digits, tiny budgets
     python examples/compare.py --dataset mnist --data-dir ../shared/data/mnist-5k
     python examples/compare.py --dataset cifar10 --data-dir ../shared/data/cifar10-jpeg
     python examples/compare.py --dataset mnist --data-dir data      # downloads MNIST
 
-The learning rules' hyper-parameters live in ONE place:
-``bioplausible_lightning/evaluation/report.py`` (``TUNED``).
+Each learner is a LightningCLI config (the files ``bioplausible-lightning fit --config``
+runs): ``examples/<dataset>{,_backprop,_hebbian}.yaml``.  Change a learner's settings in its
+YAML file; replace the list with ``--learner NAME=CONFIG.yaml [--learner ...]`` (CLI-style
+overrides after the path, separated by spaces:
+``--learner "bp=examples/mnist.yaml --model bioplausible_lightning.BackpropModule"``).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 from fractions import Fraction
 
+from bioplausible_lightning.evaluation.learners import DEFAULT_LEARNERS, Learner
 from bioplausible_lightning.evaluation.report import (
     SECTIONS,
-    TUNED,
     full_config,
     quick_config,
     run_comparison,
@@ -38,10 +43,18 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def _learner(text: str) -> Learner:
+    name, sep, rest = text.partition("=")
+    words = shlex.split(rest)
+    if not sep or not name.strip() or not words:
+        raise argparse.ArgumentTypeError(f"--learner {text!r}: expected NAME=CONFIG.yaml [ARGS]")
+    return Learner(name.strip(), words[0], tuple(words[1:]))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="digits, tiny budgets (the smoke test)")
-    p.add_argument("--dataset", default="mnist", choices=sorted(TUNED))
+    p.add_argument("--dataset", default="mnist", choices=sorted(DEFAULT_LEARNERS))
     p.add_argument("--data-dir", default=None, help="data root (default ./data)")
     p.add_argument("--no-download", action="store_true", help="never download missing files")
     p.add_argument("--out", default=None, help="output folder (default comparison-<dataset>)")
@@ -49,29 +62,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--accelerator", default=None, help="Lightning accelerator (default auto)")
     p.add_argument("--sections", default=None, help=f"comma list of {','.join(SECTIONS)}")
+    p.add_argument(
+        "--learner",
+        dest="learners",
+        action="append",
+        type=_learner,
+        default=None,
+        help="NAME=CONFIG.yaml [ARGS] (repeat; replaces the default learners)",
+    )
+    p.add_argument("--reference", help="clean-gap reference and transfer source")
+    p.add_argument("--reference-source", help="transfer source for the reference")
+    p.add_argument("--goal-learner", help="the learner issue 7's goals are checked for")
     sizes = p.add_argument_group("budgets (override the --quick / full defaults)")
-    sizes.add_argument("--epochs", type=int)
+    sizes.add_argument("--epochs", type=int, help="every learner (default: its config's)")
     sizes.add_argument("--eps", type=_floats, help="e.g. 0.05,0.1 or 2/255,8/255")
-    sizes.add_argument("--attacks", help="comma list of fgsm,pgd,square,transfer")
+    sizes.add_argument("--attacks", help="comma list of fgsm,pgd,square,autoattack,transfer")
     sizes.add_argument("--attack-samples", type=int)
+    sizes.add_argument("--autoattack-samples", type=int, help="AutoAttack on the first N only")
     sizes.add_argument("--pgd-steps", type=int)
     sizes.add_argument("--pgd-restarts", type=int)
     sizes.add_argument("--square-queries", type=int)
     sizes.add_argument("--shots", type=_ints, help="protocol (a) K values, e.g. 1,5,10")
     sizes.add_argument("--fewshot-seeds", type=_ints, help="e.g. 0,1,2,3,4")
     sizes.add_argument("--fewshot-steps", type=int)
+    sizes.add_argument("--probe-seeds", type=_ints, help="protocol (c) draws, e.g. 0,1,2,3,4")
     sizes.add_argument("--episodic-shots", type=_ints)
     sizes.add_argument("--episodes", type=int)
     sizes.add_argument("--base-epochs", type=int)
     sizes.add_argument("--depths", type=_ints, help="e.g. 1,2,4,8,16")
     sizes.add_argument("--depth-epochs", type=int)
-    sizes.add_argument("--depth-width", type=int)
+    sizes.add_argument("--depth-width", type=int, help="default: each learner's own width")
     sizes.add_argument("--representation-samples", type=int)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     overrides = {
         k: v
         for k, v in vars(args).items()

@@ -154,6 +154,22 @@ def test_transfer_without_source_is_skipped_and_said(digits, linear):
     assert "transfer" not in res.accuracy and "skipped" in res.protocol["transfer"]
 
 
+def test_autoattack_is_at_least_as_strong_as_fgsm_and_pgd(digits, linear):
+    data = (digits[2][:24], digits[3][:24])
+    config = AttackConfig(pgd_steps=5, autoattack_samples=12)
+    res = evaluate_robustness(linear, data, [0.1], ["fgsm", "pgd", "autoattack"], config)
+    assert (
+        res.n_attacked == {"autoattack": 12} and "first 12 examples" in res.protocol["autoattack"]
+    )
+    same = evaluate_robustness(linear, (data[0][:12], data[1][:12]), [0.1], ["fgsm", "pgd"],
+                               config)  # fmt: skip
+    auto = res.accuracy["autoattack"][0]
+    assert auto <= min(same.accuracy["fgsm"][0], same.accuracy["pgd"][0]) + 1e-9
+    assert same.accuracy["pgd"][0] > 0  # the bar is not trivially zero: AutoAttack did the work
+    with pytest.raises(ValueError, match="autoattack_samples=0"):
+        AttackConfig(autoattack_samples=0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -257,6 +273,41 @@ def test_from_scratch_protocol_runs_every_k_and_seed():
     assert out[5].mean == pytest.approx(0.5) and out[5].ci == pytest.approx(0.0)
 
 
+def test_linear_probe_draws_k_per_class_and_ignores_feature_scale():
+    from bioplausible_lightning.evaluation import linear_probe_few_shot
+
+    centers = torch.eye(3) * 5
+    labels = torch.arange(3).repeat(20)
+    feats = centers[labels] + 0.1 * torch.randn(60, 3, generator=torch.Generator().manual_seed(0))
+    train, test = (feats[:30], labels[:30]), (feats[30:], labels[30:])
+    res = linear_probe_few_shot(train, test, shots=[1, 2], seeds=[0, 1, 2])
+    assert res[1].mean == 1.0 and res[2].n == 3 and res[2].std == 0.0
+    scaled = linear_probe_few_shot((1000 * train[0], train[1]), test, shots=[1], seeds=[0, 1, 2])
+    assert scaled[1].values == res[1].values  # unit-norm features: one recipe for any scale
+    with pytest.raises(ValueError, match="class 0 has only"):
+        linear_probe_few_shot((feats[:3], labels[:3]), test, shots=[2], seeds=[0])
+
+
+def test_linear_probe_on_raw_pixels_beats_chance(digits):
+    from bioplausible_lightning.evaluation import linear_probe_few_shot
+
+    res = linear_probe_few_shot(digits[:2], digits[2:], shots=[5], seeds=[0, 1])
+    assert res[5].mean > 0.6 and len(res[5].values) == 2
+
+
+def test_preloaded_data_module_keeps_the_declared_input_statistics():
+    from bioplausible_lightning.data import PreloadedDataModule as FromData
+
+    class Shifted(DigitsDataModule):
+        input_mean, input_std = 0.3, 0.2
+
+    assert FromData is PreloadedDataModule
+    data = FromData.from_datamodule(Shifted(seed=0))
+    assert (data.input_mean, data.input_std) == (0.3, 0.2)
+    assert data.resplit(seed=4).input_mean == 0.3
+    assert DigitsDataModule.input_mean == 0.5  # the declared default
+
+
 def test_mean_ci():
     est = mean_ci([0.5, 0.6, 0.7])
     assert est.mean == pytest.approx(0.6) and est.n == 3
@@ -298,32 +349,53 @@ def test_representation_report_per_hidden_layer(digits):
     assert layer["population_sparseness"] > 0.5  # k-WTA silences 75% of units per sample
 
 
-# -- the one command -------------------------------------------------------------------------
-def test_quick_report_writes_every_file(tmp_path):
+# -- the one command ---------------------------------------------------------------------
+def _load_compare():
     spec = importlib.util.spec_from_file_location("compare", ROOT / "examples" / "compare.py")
     compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare)
+    return compare
+
+
+def test_quick_report_writes_every_file_with_one_column_per_learner(tmp_path):
     out = tmp_path / "quick"
-    report = compare.main(["--quick", "--out", str(out), "--threads", "1"])
+    report = _load_compare().main(["--quick", "--out", str(out), "--threads", "1"])
     for name in ("report.json", "summary.md", "robustness.png", "fewshot.png", "depth.png",
                  "weights.png", "sparsity.png"):  # fmt: skip
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert sorted(report["files"].values()) == sorted(p.name for p in out.iterdir())
     saved = json.loads((out / "report.json").read_text())
-    for key in ("clean", "robustness", "fewshot", "depth", "representations", "weights"):
+    learners = ["node-dale", "backprop-dale", "backprop", "hebbian"]
+    assert list(saved["learners"]) == learners
+    for key in ("clean", "robustness", "fewshot", "fewshot_label_free", "depth",
+                "representations", "weights"):  # fmt: skip
         assert key in saved, key
-    for learner in ("bio", "backprop"):
+    for learner in learners:
         assert 0 <= saved["clean"]["accuracy"][learner] <= 1
-        for accs in saved["robustness"][learner]["accuracy"].values():
-            assert all(0 <= a <= 1 for a in accs)
-    assert set(saved["robustness"]["bio"]["accuracy"]) == set(ALL)
+        assert set(saved["robustness"][learner]["accuracy"]) == {"fgsm", "pgd", "square",
+                                                                 "transfer"}  # fmt: skip
+        assert len(saved["depth"]["accuracy"][learner]) == 2
+        assert set(saved["fewshot"]["from_scratch"]["results"][learner]) == {"1", "5"}
+    # transfer: crafted on the Dale backprop model, except for that model itself
+    assert {saved["robustness"][n]["source"] for n in learners if n != "backprop-dale"} == {
+        "backprop-dale"
+    }
+    assert saved["robustness"]["backprop-dale"]["source"] == "backprop"
+    # the Dale backprop learner really is a backprop module on the Dale model
+    assert saved["weights"]["backprop-dale"].keys() == saved["weights"]["node-dale"].keys()
+    # protocol (c): only the label-free learner, beside its two baselines
+    assert set(saved["fewshot_label_free"]["results"]) == {"pixels", "hebbian",
+                                                           "random (hebbian)"}  # fmt: skip
+    assert saved["fewshot_label_free"]["learners"] == ["hebbian"]
+    assert "goals" not in saved  # digits: issue 7's goals are MNIST goals
     summary = (out / "summary.md").read_text()
-    assert "| Metric | Protocol | bio | backprop |" in summary
+    assert "| Metric | Protocol | node-dale | backprop-dale | backprop | hebbian |" in summary
     assert "(a) from scratch" in summary and "(b) episodic" in summary and "square" in summary
+    assert "## Few-shot protocol (c)" in summary and "| K per class | pixels |" in summary
 
 
 def test_comparison_config_rejects_bad_values():
-    from bioplausible_lightning.evaluation import ComparisonConfig
+    from bioplausible_lightning.evaluation import ComparisonConfig, Learner
 
     with pytest.raises(ValueError, match="dataset='svhn'"):
         ComparisonConfig(dataset="svhn")
@@ -331,19 +403,96 @@ def test_comparison_config_rejects_bad_values():
         ComparisonConfig(episodes=10)
     with pytest.raises(ValueError, match="sections"):
         ComparisonConfig(sections=["robustness", "vibes"])
+    twice = [Learner("a", "examples/digits.yaml"), Learner("a", "examples/digits.yaml")]
+    with pytest.raises(ValueError, match="unique names"):
+        ComparisonConfig(learners=twice)
+    with pytest.raises(ValueError, match="reference='backprop-dale'"):
+        ComparisonConfig(learners=[Learner("a", "x.yaml"), Learner("b", "y.yaml")])
 
 
-def test_cosine_schedule_spans_each_runs_budget():
-    from bioplausible_lightning.evaluation.report import TUNED, module_factories
+@pytest.fixture(scope="module")
+def digits_data():
+    data = PreloadedDataModule.from_datamodule(DigitsDataModule(seed=0))
+    data.setup()
+    return data
 
-    tuned = {**TUNED["digits"], "lr_scheduler": "cosine"}
-    model = BioMLP(seed=0)
-    by_steps = module_factories(tuned, steps=40)
-    by_epochs = module_factories(tuned, epochs=7)
-    for name in ("bio", "backprop"):
-        assert by_steps[name](model).lr_scheduler_interval == "step"
-        module = by_epochs[name](model)
-        assert module.lr_scheduler_interval == "epoch"
-        assert module.lr_scheduler_factory.keywords["T_max"] == 7
-    with pytest.raises(ValueError, match="lr_scheduler='step'"):
-        module_factories({**tuned, "lr_scheduler": "step"}, epochs=3)
+
+def test_learners_are_built_from_the_cli_configs(digits_data):
+    from bioplausible_lightning import BackpropModule, HebbianPerturbation, PerturbationModule
+    from bioplausible_lightning.evaluation.learners import DEFAULT_LEARNERS, LearnerRun
+
+    node, bp_dale, bp, hebbian = (LearnerRun(lr) for lr in DEFAULT_LEARNERS["mnist"])
+    five = digits_data.resplit(classes=[0, 1, 2, 3, 4])
+    model = bp_dale.model(five, seed=3, hidden_sizes=[16, 16])  # the data's shape and classes
+    assert model.input_shape == (1, 8, 8) and model.layers[-1].out_features == 5
+    assert [m.out_features for m in model.layers if hasattr(m, "out_features")] == [16, 16, 5]
+    assert type(model.layers[0]).__name__ == "DaleLinear"
+    assert type(bp.model(five, 0).layers[0]) is nn.Linear  # standard baseline: plain layers
+    assert torch.equal(bp.model(five, 3).layers[0].weight, bp.model(five, 3).layers[0].weight)
+    assert isinstance(bp_dale.module(model, epochs=7), BackpropModule)
+    module = node.module(node.model(five, 0), epochs=7)
+    assert isinstance(module, PerturbationModule) and module.rule.sigma == 0.05  # mnist.yaml
+    assert module.lr_scheduler_factory.keywords["T_max"] == 7  # cosine spans the run's budget
+    by_steps = node.module(node.model(five, 0), steps=40)
+    assert by_steps.lr_scheduler_interval == "step"
+    assert by_steps.lr_scheduler_factory.keywords["T_max"] == 40
+    assert isinstance(hebbian.module(hebbian.model(five, 0), epochs=1).rule, HebbianPerturbation)
+    assert hebbian.batch_size == 32 and hebbian.max_epochs == 20 and hebbian.width() == 2000
+    assert [r.label_free_hidden() for r in (node, bp_dale, bp, hebbian)] == [False] * 3 + [True]
+
+
+def test_every_default_learner_config_parses():
+    from bioplausible_lightning.evaluation.learners import DEFAULT_LEARNERS, LearnerRun
+
+    for dataset in ("digits", "mnist", "cifar10"):  # imagefolder: the cifar10 files
+        runs = [LearnerRun(lr) for lr in DEFAULT_LEARNERS[dataset]]
+        assert [r.label_free_hidden() for r in runs] == [False] * 3 + [True], dataset
+        assert all(r.max_epochs and r.width() for r in runs), dataset
+
+
+def test_learner_config_errors_name_the_file():
+    from bioplausible_lightning.evaluation import Learner
+    from bioplausible_lightning.evaluation.learners import LearnerRun
+
+    with pytest.raises(ValueError, match="config='examples/nope.yaml'"):
+        LearnerRun(Learner("x", "examples/nope.yaml"))
+
+
+def test_transfer_sources():
+    from bioplausible_lightning.evaluation.report import transfer_source
+
+    names = ["node-dale", "backprop-dale", "backprop", "hebbian"]
+    assert transfer_source(names, "backprop-dale", "backprop", "hebbian") == "backprop-dale"
+    assert transfer_source(names, "backprop-dale", "backprop", "backprop-dale") == "backprop"
+    assert transfer_source(names, "backprop-dale", "absent", "backprop-dale") == "node-dale"
+
+
+def test_check_goals_reports_met_and_missed_for_the_goal_learner():
+    from bioplausible_lightning.evaluation.report import check_goals, summary_markdown
+
+    def rob(accs):
+        return {"eps": [0.1], "n_samples": 10, "protocol": {}, "source": None,
+                "accuracy": {a: [v] for a, v in accs.items()}}  # fmt: skip
+
+    report = {
+        "config": {"goal_learner": "hebbian", "reference": "backprop-dale", "dataset": "mnist",
+                   "seed": 0, "reference_source": "backprop", "attacks": [],
+                   "learners": [{"name": "hebbian"}, {"name": "backprop-dale"}]},
+        "learners": {"hebbian": "h", "backprop-dale": "b"},
+        "clean": {"accuracy": {"hebbian": 0.926, "backprop-dale": 0.929}, "protocol": "p"},
+        "robustness": {"hebbian": rob({"fgsm": 0.5, "pgd": 0.2, "square": 0.31,
+                                       "transfer": 0.4}), "backprop-dale": rob({})},
+        "fewshot": {"from_scratch": {"protocol": "a", "results": {"hebbian": {"1": {"mean": 0.6},
+                                                                            "5": {"mean": 0.69}}}}},
+        "depth": {"depths": [1, 8], "accuracy": {"hebbian": [0.90, 0.84]}, "protocol": "d"},
+    }  # fmt: skip
+    goals = {g["key"]: g for g in check_goals(report)}
+    assert goals["clean_gap"]["value"] == pytest.approx(-0.003) and goals["clean_gap"]["met"]
+    met = {k: g["met"] for k, g in goals.items()}
+    assert met == {"clean_gap": True, "fgsm@0.1": True, "pgd@0.1": False, "square@0.1": True,
+                   "transfer@0.1": True, "shot1": True, "shot5": False,
+                   "depth_gap": False}  # fmt: skip
+    report["goals"] = list(goals.values())
+    summary = summary_markdown(report)
+    assert "## Issue 7's goals (MNIST) for hebbian" in summary
+    assert "| depth 8 ≥ depth 1 − 5 pts | -6.0 points | **missed** |" in summary

@@ -4,6 +4,7 @@ from .base import SplitDataModule, tensor_dataset
 from .cifar import CIFAR10DataModule, ImageFolderDataModule, load_image_folder
 from .digits import DigitsDataModule, load_digits_tensors
 from .mnist import MNISTDataModule, UInt8ImageDataset
+from .preloaded import PreloadedDataModule, dataset_labels
 from .sampling import (
     EpochSeededSampler,
     ResumableDataLoader,
@@ -17,9 +18,11 @@ __all__ = [
     "EpochSeededSampler",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "PreloadedDataModule",
     "ResumableDataLoader",
     "SplitDataModule",
     "UInt8ImageDataset",
+    "dataset_labels",
     "load_digits_tensors",
     "load_image_folder",
     "samples_per_class_subset",

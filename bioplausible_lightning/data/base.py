@@ -24,7 +24,15 @@ class SplitDataModule(L.LightningDataModule):
 
     Validation is carved from the training pool (stratified, by ``seed``); ``samples_per_class``
     then draws a low-shot training set from what is left, so the test set never changes with K.
+
+    Attributes:
+        input_mean: Per-channel (or scalar) mean of the inputs, for models' input
+            normalisation; subclasses override it with their data's statistics.
+        input_std: Per-channel (or scalar) standard deviation of the inputs.
     """
+
+    input_mean: float | tuple[float, ...] = 0.5
+    input_std: float | tuple[float, ...] = 0.5
 
     def __init__(
         self,

@@ -1,23 +1,25 @@
 """Check the paper's claims on your own model and data: adversarial robustness (gradient,
-gradient-free and transfer attacks), few-shot learning (protocols a and b), depth, and
-representations, each against the backprop baseline.  See ``docs/evaluation.md``."""
+gradient-free, AutoAttack and transfer attacks), few-shot learning (protocols a, b and c),
+depth, and representations, each against backprop baselines.  See ``docs/evaluation.md``."""
 
+from ..data.preloaded import PreloadedDataModule, dataset_labels
 from ._common import accuracy
 from .callback import RobustnessCallback
-from .datamodules import PreloadedDataModule, dataset_labels
 from .depth import DepthResult, depth_sweep
 from .fewshot import (
     PROTOCOL_A,
     PROTOCOL_B,
+    PROTOCOL_C,
     Episode,
     EpisodeSampler,
     episodic_few_shot,
     extract_features,
     from_scratch_few_shot,
+    linear_probe_few_shot,
     nearest_prototype_accuracy,
 )
+from .learners import DEFAULT_LEARNERS, Learner
 from .report import (
-    TUNED,
     ComparisonConfig,
     full_config,
     quick_config,
@@ -43,14 +45,16 @@ from .training import fit
 
 __all__ = [
     "ATTACKS",
+    "DEFAULT_LEARNERS",
     "PROTOCOL_A",
     "PROTOCOL_B",
-    "TUNED",
+    "PROTOCOL_C",
     "AttackConfig",
     "ComparisonConfig",
     "DepthResult",
     "Episode",
     "EpisodeSampler",
+    "Learner",
     "Estimate",
     "PreloadedDataModule",
     "RobustnessCallback",
@@ -68,6 +72,7 @@ __all__ = [
     "from_scratch_few_shot",
     "full_config",
     "layer_representation",
+    "linear_probe_few_shot",
     "mean_ci",
     "nearest_prototype_accuracy",
     "quick_config",

@@ -39,11 +39,12 @@ def depth_sweep(
     max_epochs: int | None = None,
     max_steps: int | None = None,
     seed: int = 0,
+    accelerator: str = "auto",
 ) -> DepthResult:
     """Train ``model_factory(depth)`` with every module factory for the same budget.
 
     ``model_factory`` must build identical models for identical ``depth`` (seed it), so each
-    learning rule starts from the same weights.
+    learning rule starts from the same weights.  ``accelerator`` goes to every fit.
     """
     if not depths:
         raise ValueError("depths=[] is invalid: give at least one number of hidden layers.")
@@ -63,7 +64,8 @@ def depth_sweep(
         accs = []
         for depth in result.depths:
             model = model_factory(depth)
-            fit(make_module(model), datamodule, max_epochs, max_steps, seed=seed)
+            fit(make_module(model), datamodule, max_epochs, max_steps, seed=seed,
+                accelerator=accelerator)  # fmt: skip
             accs.append(accuracy(model, test))
         result.accuracy[name] = accs
     return result

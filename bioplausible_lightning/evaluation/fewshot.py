@@ -6,6 +6,10 @@
 (b) **Episodic**: train on some classes, then on the *held-out* classes run N-way K-shot
     episodes, classifying queries by the nearest class prototype (mean feature of the K
     support examples) in a chosen layer's frozen features (:func:`episodic_few_shot`).
+(c) **Label-free features + K-shot readout**: hidden layers trained *without labels* on the
+    unlabelled training images (a Hebbian learner's hidden representation), frozen; only a
+    linear readout is trained on K labelled examples per class (:func:`linear_probe_few_shot`).
+    Not comparable with (a): the hidden layers saw every training image (without labels).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_min_int
+from ..data.sampling import samples_per_class_subset
 from ._common import Data, batches, collect, eval_mode, model_device
 from .stats import Estimate, mean_ci
 
@@ -28,6 +33,12 @@ PROTOCOL_A = (
 PROTOCOL_B = (
     "(b) episodic N-way K-shot on classes held out from training: nearest prototype on "
     "frozen features; mean ± 95% CI over episodes"
+)
+PROTOCOL_C = (
+    "(c) label-free features + K-shot readout: hidden layers trained without labels on the "
+    "unlabelled training images and frozen; a linear readout (multinomial logistic regression, "
+    "L-BFGS, weight decay 1e-4, on features scaled to unit L2 norm per example) trained on K "
+    "labelled training examples per class; full test set; mean ± std over draws"
 )
 Metric = Literal["euclidean", "cosine"]
 
@@ -223,14 +234,81 @@ def from_scratch_few_shot(
     return {int(k): mean_ci([train_and_test(int(k), int(s)) for s in seeds]) for k in shots}
 
 
+def unit_norm(features: Tensor) -> Tensor:
+    """Protocol (c)'s one feature-scaling recipe, for every feature type: each example's
+    feature vector divided by its L2 norm (all-zero vectors stay zero)."""
+    return nn.functional.normalize(features.float(), dim=1)
+
+
+def logistic_regression(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    weight_decay: float = 1e-4,
+    max_iter: int = 200,
+) -> nn.Linear:
+    """Multinomial logistic regression fitted by full-batch L-BFGS (deterministic: zero init)."""
+    with torch.enable_grad(), torch.inference_mode(False):
+        x, y = features.detach().float().clone(), labels.detach().long().clone()
+        head = nn.Linear(x.shape[1], num_classes)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter,
+                                line_search_fn="strong_wolfe")  # fmt: skip
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(head(x), y)
+            loss = loss + weight_decay * head.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    return head.requires_grad_(False)
+
+
+def linear_probe_few_shot(
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    shots: Sequence[int] = (1, 5, 10),
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    num_classes: int | None = None,
+) -> dict[int, Estimate]:
+    """Protocol (c) on precomputed frozen features: for every K and seed, draw K labelled
+    examples per class from ``train = (features, labels)``, fit :func:`logistic_regression`
+    on :func:`unit_norm` features, score on all of ``test``; mean ± std (``Estimate.std``)
+    over seeds for every K.  Pass raw pixels or a random network's features for the
+    baselines: the recipe is the same for every feature type."""
+    if not shots or not seeds:
+        raise ValueError(f"shots={list(shots)!r}, seeds={list(seeds)!r}: both must be non-empty.")
+    for k in shots:
+        check_min_int("shots[i]", k)
+    train_x, train_y = unit_norm(train[0].flatten(1)), train[1].long()
+    test_x, test_y = unit_norm(test[0].flatten(1)), test[1].long()
+    n_cls = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    out = {}
+    for k in shots:
+        accs = []
+        for seed in seeds:
+            idx = samples_per_class_subset(train_y, int(k), int(seed))
+            head = logistic_regression(train_x[idx], train_y[idx], n_cls)
+            accs.append(float((head(test_x).argmax(1) == test_y).float().mean()))
+        out[int(k)] = mean_ci(accs)
+    return out
+
+
 __all__ = [
     "PROTOCOL_A",
     "PROTOCOL_B",
+    "PROTOCOL_C",
     "Episode",
     "EpisodeSampler",
     "default_feature_layer",
     "episodic_few_shot",
     "extract_features",
     "from_scratch_few_shot",
+    "linear_probe_few_shot",
+    "logistic_regression",
     "nearest_prototype_accuracy",
+    "unit_norm",
 ]

@@ -13,7 +13,11 @@ from typing import Any
 
 import numpy as np
 
-COLORS = {"bio": "tab:green", "backprop": "tab:blue"}
+#: Colours of the standard comparison's learners (others: matplotlib's cycle); the
+#: reference baselines (raw pixels, random features) are drawn grey and dotted.
+COLORS = {"node-dale": "tab:green", "backprop-dale": "tab:blue", "backprop": "tab:orange",
+          "hebbian": "tab:red", "pixels": "gray", "random": "silver"}  # fmt: skip
+REFERENCES = ("pixels", "random")
 
 
 def _pyplot():
@@ -72,9 +76,9 @@ def plot_fewshot(fewshot: Mapping[str, Any], path: Path) -> Path:
         ks = sorted(per_k, key=int)
         mean = [per_k[k]["mean"] for k in ks]
         ci = [per_k[k]["ci"] for k in ks]
-        style = "o-" if name in COLORS else "s:"
+        style = "s:" if name in REFERENCES else "o-"
         axes[1].errorbar([int(k) for k in ks], mean, yerr=ci, fmt=style, capsize=3,
-                         label=name, color=COLORS.get(name, "gray"))  # fmt: skip
+                         label=name, color=COLORS.get(name))  # fmt: skip
     axes[1].set(title=f"(b) {episodic.get('n_way', 'N')}-way, held-out classes",
                 xlabel="K shots", ylabel="episode accuracy", ylim=(0, 1))  # fmt: skip
     for ax in axes:

@@ -3,7 +3,10 @@
 Sparse, winner-take-all or sign-constrained networks can *mask gradients*: FGSM/PGD then
 fail although the model is not robust.  So every report carries, beside FGSM and PGD, the
 gradient-free Square attack and a transfer attack (examples crafted on a second model, e.g.
-the backprop baseline); a robustness claim stands only when those agree.
+the backprop baseline); a robustness claim stands only when those agree.  AutoAttack
+(standard version, L∞: APGD-CE, APGD-T, FAB-T and Square), the field's reference
+evaluation, is available too; it is expensive, so it can run on the first
+``AttackConfig.autoattack_samples`` examples only.
 
 Conventions: inputs are in [0, 1] and the model includes its own normalisation (ε is in
 pixel units); *robust accuracy* is the fraction of examples classified correctly both clean
@@ -29,8 +32,8 @@ from torch import Tensor, nn
 from .._validation import check_min_int
 from ._common import Data, batches, collect, eval_mode, model_device, predict
 
-AttackName = Literal["fgsm", "pgd", "square", "transfer"]
-ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "square", "transfer")
+AttackName = Literal["fgsm", "pgd", "square", "transfer", "autoattack"]
+ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "square", "transfer", "autoattack")
 
 
 @dataclass
@@ -45,6 +48,8 @@ class AttackConfig:
         square_restarts: Square attack restarts.
         square_p_init: Square attack's initial fraction of pixels changed per query.
         transfer_attack: Attack run on the source model to craft transfer examples.
+        autoattack_samples: AutoAttack attacks only the first this many examples (its
+            accuracy is over those); ``None``: all of them.
         seed: Seed for random starts (the global RNG is restored afterwards).
         batch_size: Examples attacked at once.
     """
@@ -56,6 +61,7 @@ class AttackConfig:
     square_restarts: int = 1
     square_p_init: float = 0.8
     transfer_attack: Literal["fgsm", "pgd"] = "pgd"
+    autoattack_samples: int | None = None
     seed: int = 0
     batch_size: int = 500
 
@@ -63,6 +69,8 @@ class AttackConfig:
         for name in ("pgd_steps", "pgd_restarts", "square_queries", "square_restarts"):
             check_min_int(name, getattr(self, name))
         check_min_int("batch_size", self.batch_size)
+        if self.autoattack_samples is not None:
+            check_min_int("autoattack_samples", self.autoattack_samples)
         if self.pgd_step_size is not None and not self.pgd_step_size > 0:
             raise ValueError(f"pgd_step_size={self.pgd_step_size!r} is invalid: it must be > 0.")
         if not 0 < self.square_p_init <= 1:
@@ -88,6 +96,15 @@ class AttackConfig:
                 "applied to the model under test"
                 + (f" ({pgd})" if self.transfer_attack == "pgd" else "")
             ),
+            "autoattack": (
+                "L∞ AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square 5000 queries; "
+                "torchattacks)"
+                + (
+                    f", first {self.autoattack_samples} examples"
+                    if self.autoattack_samples is not None
+                    else ""
+                )
+            ),
         }[attack]
 
 
@@ -100,6 +117,8 @@ class RobustnessResult:
     accuracy: dict[str, list[float]]
     n_samples: int
     protocol: dict[str, str] = field(default_factory=dict)
+    #: Examples each attack ran on when fewer than ``n_samples`` (AutoAttack).
+    n_attacked: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     source: str | None = None
 
@@ -137,9 +156,14 @@ def _check_attack(attack: str) -> str:
     return attack
 
 
-def _make_attack(view: nn.Module, attack: str, eps: float, config: AttackConfig, restart: int):
+def _make_attack(
+    view: nn.Module, attack: str, eps: float, config: AttackConfig, restart: int, n_classes: int
+):
     import torchattacks
 
+    if attack == "autoattack":  # n_classes: APGD-T and FAB-T target every other class
+        return torchattacks.AutoAttack(view, norm="Linf", eps=eps, version="standard",
+                                       n_classes=n_classes, seed=config.seed + restart)  # fmt: skip
     if attack == "fgsm":
         return torchattacks.FGSM(view, eps=eps)
     if attack == "pgd":
@@ -159,6 +183,11 @@ def _make_attack(view: nn.Module, attack: str, eps: float, config: AttackConfig,
     raise ValueError(f"attack={attack!r} cannot craft examples directly.")
 
 
+@torch.no_grad()
+def _n_classes(view: nn.Module, x: Tensor, device: torch.device) -> int:
+    return int(view(x[:1].clone().to(device)).shape[1])
+
+
 def _square_needs_images(x: Tensor) -> Tensor:
     if x.ndim == 4:
         return x
@@ -171,7 +200,7 @@ def adversarial_examples(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    attack: Literal["fgsm", "pgd", "square"],
+    attack: Literal["fgsm", "pgd", "square", "autoattack"],
     eps: float,
     config: AttackConfig | None = None,
     restart: int = 0,
@@ -199,7 +228,7 @@ def adversarial_examples(
         torch.random.fork_rng(devices=devices),
     ):
         torch.manual_seed(config.seed * 1000 + restart)
-        atk = _make_attack(view, attack, eps, config, restart)
+        atk = _make_attack(view, attack, eps, config, restart, _n_classes(view, x, device))
         for s in batches(x.shape[0], config.batch_size):
             xb, yb = x[s].clone().to(device), y[s].clone().to(device)
             out.append(atk(xb, yb).detach().to(x.device))
@@ -274,7 +303,8 @@ def evaluate_robustness(
 
     Every attack sees the same first ``max_samples`` examples of ``data`` (pass a shuffled
     subset if the data is sorted by class).  ``"transfer"`` needs ``source_model``; it is
-    skipped (and said so in ``protocol``) when none is given.  ``cumulative``: see the
+    skipped (and said so in ``protocol``) when none is given.  ``"autoattack"`` runs on the
+    first ``config.autoattack_samples`` examples (``n_attacked``).  ``cumulative``: see the
     module docstring.
     """
     config = config or AttackConfig()
@@ -299,11 +329,16 @@ def evaluate_robustness(
         if attack == "square" and x.ndim != 4:
             _square_needs_images(x)
         start = time.perf_counter()
+        n = x.shape[0]
+        if attack == "autoattack" and config.autoattack_samples is not None:
+            n = min(n, config.autoattack_samples)
+            result.n_attacked[attack] = n
+        xa, ya, correct = x[:n], y[:n], clean_correct[:n]
         accs = [math.nan] * len(eps_list)
-        standing = clean_correct.clone()
+        standing = correct.clone()
         for i in sorted(range(len(eps_list)), key=lambda j: eps_list[j]):
-            mask = _robust_mask(model, x, y, attack, eps_list[i], config, source_model,
-                                standing if cumulative else clean_correct)  # fmt: skip
+            mask = _robust_mask(model, xa, ya, attack, eps_list[i], config, source_model,
+                                standing if cumulative else correct)  # fmt: skip
             if cumulative:
                 standing = mask
             accs[i] = float(mask.float().mean())

@@ -18,6 +18,7 @@ class Estimate:
         n: Number of values (seeds or episodes).
         values: The values themselves, for re-analysis.
         confidence: Confidence level of ``ci``.
+        std: Sample standard deviation (n - 1 denominator; nan for a single value).
     """
 
     mean: float
@@ -25,6 +26,7 @@ class Estimate:
     n: int
     values: list[float]
     confidence: float = 0.95
+    std: float = math.nan
 
     def __str__(self) -> str:
         if math.isnan(self.ci):
@@ -53,7 +55,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Estimate:
 
     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
     half = float(t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    return Estimate(mean, half, n, vals, confidence)
+    return Estimate(mean, half, n, vals, confidence, std)
 
 
 __all__ = ["Estimate", "mean_ci"]

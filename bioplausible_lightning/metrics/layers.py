@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 from torch import Tensor, nn
 
-from ..nn import DaleConv2d, DaleLinear, KWinnersTakeAll
+from ..nn import DaleConv2d, DaleLinear, KWinnersTakeAll, SoftWinnerTakeAll
 
 WeightGetter = Callable[[nn.Module], "Tensor | None"]
 
@@ -45,6 +45,7 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.Hardsigmoid,
     nn.Threshold,
     KWinnersTakeAll,
+    SoftWinnerTakeAll,
 )
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from ..data.base import SplitDataModule
+from .base import SplitDataModule
 
 
 def dataset_labels(dataset: Dataset) -> Tensor:
@@ -122,8 +122,8 @@ def _split_settings(datamodule: SplitDataModule) -> dict[str, Any]:
         "samples_per_class": datamodule.samples_per_class,
         "seed": datamodule.seed,
         "num_workers": datamodule.num_workers,
-        "input_mean": getattr(datamodule, "input_mean", 0.5),
-        "input_std": getattr(datamodule, "input_std", 0.5),
+        "input_mean": datamodule.input_mean,
+        "input_std": datamodule.input_std,
     }
 
 
