@@ -27,8 +27,9 @@ from torch.nn.grad import conv2d_weight
 from .._replicas import batch_coupled_modules
 from .._validation import check_bool
 from ..losses import PerSampleLoss
-from .base import Estimator, NoiseKind, PerturbationRule, ReplicateAt, RuleOutput, sample_noise
+from .base import Estimator, NoiseKind, PerturbationRule, ReplicateAt, sample_noise
 from .layers import accumulate_param_grad, accumulate_weight_grad, is_conv
+from .rule import RuleOutput
 
 
 class NodePerturbation(PerturbationRule):

@@ -36,7 +36,6 @@ from .base import (
     NoiseKind,
     PerturbationRule,
     ReplicateAt,
-    RuleOutput,
     check_choice,
     check_min_int,
     sample_noise,
@@ -48,6 +47,7 @@ from .layers import (
     is_exp_dale,
     weight_param,
 )
+from .rule import RuleOutput
 
 Structure = Literal["lowrank", "dense"]
 Mode = Literal["additive", "multiplicative"]
