@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
+from typing_extensions import override
 
 from ._validation import check_callable, check_choice, check_min_int, check_positive
 from .dopamine import AdapterRunner, StepSizeAdapterCallable
@@ -380,6 +381,18 @@ class PerturbationModule(ClassifierModule):
         if targets is not None:
             targets(eager_model(self.model))  # fail fast on a model the rule cannot train
         self._adapter = AdapterRunner(step_size_adapter)
+
+    @override
+    def setup(self, stage: str) -> None:
+        # Lightning's DDP averages gradients inside backward(), which no rule calls: every
+        # process would train its own model on its own shard, silently.  Refuse instead.
+        if stage == "fit" and self.trainer.world_size > 1:
+            raise RuntimeError(
+                f"PerturbationModule does not synchronise its rule's estimates across "
+                f"processes yet: strategy={type(self.trainer.strategy).__name__} with "
+                f"world_size={self.trainer.world_size} would train {self.trainer.world_size} "
+                "diverging models. Train on one device (devices=1)."
+            )
 
     def own_optimizers(self) -> list[torch.optim.Optimizer]:
         model = eager_model(self.model)
