@@ -11,3 +11,15 @@ def quiet_trainer(tmp_path=None, **kwargs) -> L.Trainer:
         defaults["default_root_dir"] = tmp_path
     defaults.update(kwargs)
     return L.Trainer(**defaults)
+
+
+def trap_autograd(monkeypatch) -> None:
+    """Make every backward() / autograd.grad call fail for the rest of the test."""
+    import torch
+
+    def trap(*args, **kwargs):
+        raise AssertionError("backward() / autograd.grad called during training")
+
+    monkeypatch.setattr(torch.Tensor, "backward", trap)
+    monkeypatch.setattr(torch.autograd, "backward", trap)
+    monkeypatch.setattr(torch.autograd, "grad", trap)

@@ -6,7 +6,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from _helpers import quiet_trainer
+from _helpers import quiet_trainer, trap_autograd
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
@@ -158,12 +158,7 @@ def test_hebbian_perturbation_assigns_hidden_layers_and_the_readout():
 
 
 def test_hebbian_perturbation_fit_learns_the_digits_without_backward(monkeypatch):
-    def trap(*args, **kwargs):
-        raise AssertionError("backward() / autograd.grad called during training")
-
-    monkeypatch.setattr(torch.Tensor, "backward", trap)
-    monkeypatch.setattr(torch.autograd, "backward", trap)
-    monkeypatch.setattr(torch.autograd, "grad", trap)
+    trap_autograd(monkeypatch)
     L.seed_everything(0)
     model = BioMLP(hidden_sizes=(64,), dale=False, input_mean=0.0, input_std=1.0, seed=0,
                    activation=SoftWinnerTakeAll(0.5, 0.2))  # fmt: skip

@@ -4,7 +4,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from _helpers import quiet_trainer
+from _helpers import quiet_trainer, trap_autograd
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -34,12 +34,7 @@ def _params(module):
 
 
 def test_perturbation_module_learns_digits_without_backward(monkeypatch):
-    def trap(*args, **kwargs):
-        raise AssertionError("backward() / autograd.grad called during perturbation training")
-
-    monkeypatch.setattr(torch.Tensor, "backward", trap)
-    monkeypatch.setattr(torch.autograd, "backward", trap)
-    monkeypatch.setattr(torch.autograd, "grad", trap)
+    trap_autograd(monkeypatch)
     L.seed_everything(0)
     module = _module()
     signs = {n: torch.sign(m.weight).clone() for n, m in module.model.named_modules()
