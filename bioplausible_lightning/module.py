@@ -377,9 +377,7 @@ class PerturbationModule(ClassifierModule):
                 "WeightPerturbation, CompetitiveHebbian, HebbianPerturbation, or a subclass)."
             )
         self.rule = rule
-        targets = getattr(self.rule, "targets", None)
-        if targets is not None:
-            targets(eager_model(self.model))  # fail fast on a model the rule cannot train
+        self.rule.targets(eager_model(self.model))  # fail fast on a model it cannot train
         self._adapter = AdapterRunner(step_size_adapter)
 
     @override

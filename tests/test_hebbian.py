@@ -251,3 +251,18 @@ def test_the_rules_own_optimizer_does_not_double_global_step():
     assert trainer.global_step == 7
     assert module.rule.hebbian.steps == 7  # one Hebbian update per optimizer step
     assert not torch.equal(model.layers[0].weight.detach(), before)  # its own SGD stepped it
+
+
+def test_a_rule_retargets_a_new_model_and_never_trains_a_freed_one():
+    from bioplausible_lightning.rules.rule import PerModel
+
+    rule = CompetitiveHebbian()
+    first = nn.Sequential(nn.Linear(4, 3))
+    assert rule.targets(first, warn_unowned=False)[0][1] is first[0]
+    second = nn.Sequential(nn.Linear(4, 3))
+    assert rule.targets(second, warn_unowned=False)[0][1] is second[0]
+    cache: PerModel[int] = PerModel()
+    cache.set(first, 1)
+    assert cache.get(first) == 1 and cache.get(second) is None
+    del first  # its weak reference dies with it: a new object can never match it
+    assert cache.get(nn.Sequential()) is None

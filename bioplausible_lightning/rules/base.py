@@ -12,7 +12,6 @@ optimizer then steps, so schedulers, clipping and accumulation work as usual.  N
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any, Literal
 
@@ -24,7 +23,7 @@ from .._replicas import replicated_forward
 from .._validation import check_choice, check_int, check_min_int, check_names, check_positive
 from ..losses import PerSampleLoss
 from .layers import find_target_layers
-from .rule import LearningRule
+from .rule import LearningRule, PerModel
 
 Estimator = Literal["antithetic", "forward"]
 NoiseKind = Literal["gaussian", "rademacher"]
@@ -87,8 +86,7 @@ class PerturbationRule(LearningRule):
         self.replicate_at = replicate_at
         self._generator: torch.Generator | None = None
         self._pending_state: Tensor | None = None
-        self._targets: list[tuple[str, nn.Module]] | None = None
-        self._targets_of: weakref.ref[nn.Module] | None = None
+        self._targets: PerModel[list[tuple[str, nn.Module]]] = PerModel()
 
     # -- replicas ------------------------------------------------------------------------
     @property
@@ -165,12 +163,11 @@ class PerturbationRule(LearningRule):
 
     # -- shared helpers -------------------------------------------------------------------
     def targets(self, model: nn.Module, warn_unowned: bool = True) -> list[tuple[str, nn.Module]]:
-        if self._targets is None or self._targets_of is None or self._targets_of() is not model:
-            self._targets = find_target_layers(
-                model, self.layers, type(self).__name__, warn_unowned=warn_unowned
-            )
-            self._targets_of = weakref.ref(model)
-        return self._targets
+        targets = self._targets.get(model)
+        if targets is None:
+            targets = self._targets.set(model, find_target_layers(
+                model, self.layers, type(self).__name__, warn_unowned=warn_unowned))  # fmt: skip
+        return targets
 
     @staticmethod
     @contextlib.contextmanager

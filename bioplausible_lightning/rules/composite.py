@@ -20,7 +20,7 @@ from .base import PerturbationRule
 from .hebbian import CompetitiveHebbian
 from .layers import find_target_layers, warn_unowned_parameters
 from .node import NodePerturbation
-from .rule import LearningRule, OwnOptimizer, RuleOutput
+from .rule import LearningRule, OwnOptimizer, PerModel, RuleOutput
 
 
 class CompositeRule(LearningRule):
@@ -35,15 +35,15 @@ class CompositeRule(LearningRule):
         if not rules or not all(isinstance(r, LearningRule) for r in rules):
             raise ValueError(f"rules={rules!r} is invalid: give one or more LearningRule objects.")
         self.rules = rules
-        self._model_id: int | None = None
-        self._targets: list[tuple[str, nn.Module]] | None = None
+        self._targets: PerModel[list[tuple[str, nn.Module]]] = PerModel()
 
     def parts(self, model: nn.Module) -> list[LearningRule]:
         """The sub-rules, ready for ``model`` (a subclass may configure them here)."""
         return self.rules
 
     def targets(self, model: nn.Module, warn_unowned: bool = True) -> list[tuple[str, nn.Module]]:
-        if self._targets is None or self._model_id != id(model):
+        targets = self._targets.get(model)
+        if targets is None:
             seen: dict[str, str] = {}
             targets: list[tuple[str, nn.Module]] = []
             for rule in self.parts(model):
@@ -58,8 +58,8 @@ class CompositeRule(LearningRule):
                     targets.append((name, module))
             if warn_unowned:
                 warn_unowned_parameters(model, targets, type(self).__name__)
-            self._targets, self._model_id = targets, id(model)
-        return self._targets
+            self._targets.set(model, targets)
+        return targets
 
     def estimate(
         self,
@@ -129,10 +129,10 @@ class HebbianPerturbation(CompositeRule):
         super().__init__([hebbian, readout])
         self.hebbian, self.readout = hebbian, readout
         self.readout_layers = readout_layers
-        self._parts_for: int | None = None
+        self._parts_for: PerModel[bool] = PerModel()
 
     def parts(self, model: nn.Module) -> list[LearningRule]:
-        if self._parts_for != id(model):
+        if self._parts_for.get(model) is None:
             layers = find_target_layers(model, None, type(self).__name__, warn_unowned=False)
             names = [name for name, _ in layers]
             if self.readout_layers is None:
@@ -148,6 +148,7 @@ class HebbianPerturbation(CompositeRule):
                     "least one hidden Linear/Conv2d layer, or NodePerturbation alone."
                 )
             self.hebbian.layers, self.readout.layers = hidden, readout
-            self.hebbian._targets = self.readout._targets = None
-            self._parts_for = id(model)
+            self.hebbian._targets.clear()
+            self.readout._targets.clear()
+            self._parts_for.set(model, True)
         return self.rules

@@ -49,7 +49,7 @@ from .._validation import (
 from ..losses import PerSampleLoss
 from .base import PerturbationRule
 from .layers import accumulate_weight_grad, find_target_layers, is_conv, weight_param
-from .rule import LearningRule, OwnOptimizer, RuleOutput
+from .rule import LearningRule, OwnOptimizer, PerModel, RuleOutput
 
 Competition = Literal["soft", "hard"]
 
@@ -123,8 +123,7 @@ class CompetitiveHebbian(LearningRule):
         self.layer_steps = layer_steps
         self._steps = 0
         self._thresholds: dict[str, Tensor] = {}
-        self._targets: list[tuple[str, nn.Module]] | None = None
-        self._model_id: int | None = None
+        self._targets: PerModel[list[tuple[str, nn.Module]]] = PerModel()
 
     @property
     def steps(self) -> int:
@@ -133,7 +132,8 @@ class CompetitiveHebbian(LearningRule):
 
     # -- which layers ------------------------------------------------------------------
     def targets(self, model: nn.Module, warn_unowned: bool = True) -> list[tuple[str, nn.Module]]:
-        if self._targets is None or self._model_id != id(model):
+        targets = self._targets.get(model)
+        if targets is None:
             targets = find_target_layers(model, self.layers, type(self).__name__, warn_unowned)
             for name, module in targets:
                 if is_conv(module) and (isinstance(module.padding, str)
@@ -149,8 +149,8 @@ class CompetitiveHebbian(LearningRule):
                         f"k={self.k} is invalid for layer {name!r} with {units} units: "
                         "k-WTA needs k < the number of units."
                     )
-            self._targets, self._model_id = targets, id(model)
-        return self._targets
+            self._targets.set(model, targets)
+        return targets
 
     def active_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The layers that learn at the current step (all, or one under greedy training)."""

@@ -10,9 +10,10 @@ subclass of :class:`LearningRule`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -20,6 +21,30 @@ from torch.optim import Optimizer
 from ..losses import PerSampleLoss
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
+T = TypeVar("T")
+
+
+class PerModel(Generic[T]):
+    """One value cached for one model, by a weak reference to the model itself.
+
+    ``id(model)`` is not enough: a new model can get the id of a freed one, and the rule would
+    then train the old model's layers.
+    """
+
+    def __init__(self) -> None:
+        self._model: weakref.ref[nn.Module] | None = None
+        self._value: T | None = None
+
+    def get(self, model: nn.Module) -> T | None:
+        """The cached value if it was computed for this very ``model``, else ``None``."""
+        return self._value if self._model is not None and self._model() is model else None
+
+    def set(self, model: nn.Module, value: T) -> T:
+        self._model, self._value = weakref.ref(model), value
+        return value
+
+    def clear(self) -> None:
+        self._model = self._value = None
 
 
 @dataclass
