@@ -26,24 +26,45 @@ from bioplausible_lightning.losses import cross_entropy
 from bioplausible_lightning.metrics import positive_mass_fraction
 
 
-def _hand_update(w, x, lr, temperature, threshold):
+def _hand_update(w, x, lr, temperature, threshold, *, similarity="cosine", competition="soft",
+                 k=1, anti_hebbian=0.0, normalize="unit", adaptive=False, decay=1.0):
     """Δw of the docstring's equations, written out with loops (float64)."""
     units, n = w.shape
     rows = x.shape[0]
-    delta = torch.zeros_like(w)
-    yu = torch.zeros(units, dtype=w.dtype)
+    hebb = torch.zeros_like(w)
+    yu = [0.0] * units
     for b in range(rows):
         u = [sum(w[i, j] * x[b, j] for j in range(n)) for i in range(units)]
-        xnorm = math.sqrt(sum(float(v) ** 2 for v in x[b]))
-        c = [u[i] / (w[i].norm() * xnorm) - threshold[i] for i in range(units)]
-        e = [math.exp(float(ci) / temperature) for ci in c]
-        y = [ei / sum(e) for ei in e]
+        if similarity == "cosine":
+            xnorm = math.sqrt(sum(float(v) ** 2 for v in x[b]))
+            c = [float(u[i] / (w[i].norm() * xnorm)) - float(threshold[i]) for i in range(units)]
+        else:
+            c = [float(u[i]) - float(threshold[i]) for i in range(units)]
+        order = sorted(range(units), key=lambda i: -c[i])
+        if competition == "soft":
+            e = [math.exp(ci / temperature) for ci in c]
+            y = [ei / sum(e) for ei in e]
+            if anti_hebbian:
+                y = [yi if i == order[0] else -anti_hebbian * yi for i, yi in enumerate(y)]
+        elif competition == "hard":
+            y = [1.0 if i in order[:k] else 0.0 for i in range(units)]
+        else:  # rank: the strongest Hebbian, the k-th anti-Hebbian
+            y = [1.0 if i == order[0] else -anti_hebbian if i == order[k - 1] else 0.0
+                 for i in range(units)]  # fmt: skip
         for i in range(units):
-            yu[i] += y[i] * u[i] / rows
+            yu[i] += y[i] * float(u[i]) / rows
             for j in range(n):
-                delta[i, j] += y[i] * (x[b, j] - u[i] * w[i, j]) / rows
-    rate = torch.tensor([lr / max(1.0, 2 * lr * abs(float(v))) for v in yu], dtype=w.dtype)
-    return rate[:, None] * delta  # the change SGD(lr) makes: w ← w + rate·Δ
+                hebb[i, j] += y[i] * x[b, j] / rows
+    if normalize == "max":  # Krotov–Hopfield: raw decay, the step divided by its largest entry
+        delta = torch.stack([hebb[i] - yu[i] * w[i] for i in range(units)])
+        return lr * decay * delta / delta.abs().max()
+    yu = [max(v, 0.0) for v in yu]  # the decay is floored at zero
+    delta = torch.stack([hebb[i] - yu[i] * w[i] for i in range(units)])
+    rates = []
+    for i in range(units):
+        rate = lr * (math.sqrt(abs(float(w[i].norm()) - 1)) if adaptive else 1.0)
+        rates.append(rate / max(1.0, 2 * rate * abs(yu[i])))
+    return decay * torch.tensor(rates, dtype=w.dtype)[:, None] * delta  # SGD(lr)'s change
 
 
 def test_hebbian_update_equals_hand_computation_on_a_tiny_layer():

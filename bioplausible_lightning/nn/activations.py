@@ -53,9 +53,18 @@ class SoftWinnerTakeAll(nn.Module):
         sparsity: Fraction of units silenced, in [0, 1); ``k = ceil((1 - sparsity) * n)``.
         temperature: Softmax temperature (> 0) on the units' input.
         dim: The unit dimension (1 for both ``(N, C)`` and ``(N, C, H, W)`` inputs).
+        total_activity: What each example's activity sums to (> 0; default ``k``).  With
+            ``sparsity=0`` and ``total_activity=1`` this is a plain softmax over the layer
+            (SoftHebb's readout input), which keeps a wide layer's activity bounded.
     """
 
-    def __init__(self, sparsity: float = 0.95, temperature: float = 1.0, dim: int = 1) -> None:
+    def __init__(
+        self,
+        sparsity: float = 0.95,
+        temperature: float = 1.0,
+        dim: int = 1,
+        total_activity: float | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity={sparsity!r} is invalid: allowed is a float in [0, 1).")
@@ -63,18 +72,91 @@ class SoftWinnerTakeAll(nn.Module):
             isinstance(temperature, (int, float)) and 0 < temperature < math.inf
         ):
             raise ValueError(f"temperature={temperature!r} is invalid: it must be a number > 0.")
+        if total_activity is not None and (
+            isinstance(total_activity, bool)
+            or not isinstance(total_activity, (int, float))
+            or not 0 < total_activity < math.inf
+        ):
+            raise ValueError(
+                f"total_activity={total_activity!r} is invalid: it must be None or a number > 0."
+            )
         self.sparsity = sparsity
         self.temperature = float(temperature)
         self.dim = dim
+        self.total_activity = None if total_activity is None else float(total_activity)
 
     def forward(self, x: Tensor) -> Tensor:
         n = x.shape[self.dim]
         k = max(1, math.ceil((1.0 - self.sparsity) * n))
+        total = k if self.total_activity is None else self.total_activity
         if k >= n:
-            return torch.softmax(x / self.temperature, dim=self.dim) * k
+            return torch.softmax(x / self.temperature, dim=self.dim) * total
         values, indices = x.topk(k, dim=self.dim)
-        weights = torch.softmax(values / self.temperature, dim=self.dim) * k
+        weights = torch.softmax(values / self.temperature, dim=self.dim) * total
         return torch.zeros_like(x).scatter(self.dim, indices, weights)
 
     def extra_repr(self) -> str:
-        return f"sparsity={self.sparsity}, temperature={self.temperature}, dim={self.dim}"
+        total = "" if self.total_activity is None else f", total_activity={self.total_activity}"
+        return f"sparsity={self.sparsity}, temperature={self.temperature}, dim={self.dim}{total}"
+
+
+class RectifiedPower(nn.Module):
+    """``relu(x) ** n``: Krotov & Hopfield's activation between a Hebbian layer and its
+    readout; a power ``n > 1`` sharpens the competition the readout sees.
+
+    Args:
+        power: The exponent ``n`` (> 0; Krotov & Hopfield use 4.5 on MNIST).
+        normalize: Divide each example's activity by its maximum, so the readout sees
+            values in [0, 1] whatever the input's scale (a perturbation readout needs a
+            bounded input; Krotov's ``tanh(β·)`` top layer does the same job).
+    """
+
+    def __init__(self, power: float = 4.5, normalize: bool = True) -> None:
+        super().__init__()
+        if isinstance(power, bool) or not (
+            isinstance(power, (int, float)) and 0 < power < math.inf
+        ):
+            raise ValueError(f"power={power!r} is invalid: it must be a number > 0.")
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize={normalize!r} is invalid: it must be True or False.")
+        self.power = float(power)
+        self.normalize = normalize
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.relu(x).pow(self.power)
+        if self.normalize:
+            peak = y.flatten(1).amax(dim=1).clamp_min(torch.finfo(y.dtype).tiny)
+            y = y / peak.view(-1, *([1] * (y.ndim - 1)))
+        return y
+
+    def extra_repr(self) -> str:
+        return f"power={self.power}, normalize={self.normalize}"
+
+
+class Triangle(nn.Module):
+    """``relu(x − mean_c x) ** power``: SoftHebb's "triangle" activation (Journé et al. 2023).
+
+    Each unit fires by how much it beats the mean of its layer (over channels at every
+    position of a feature map): a cheap lateral inhibition that leaves about half the units
+    silent.
+
+    Args:
+        power: Exponent applied to the rectified difference (> 0).
+        dim: The unit (channel) dimension.
+    """
+
+    def __init__(self, power: float = 1.0, dim: int = 1) -> None:
+        super().__init__()
+        if isinstance(power, bool) or not (
+            isinstance(power, (int, float)) and 0 < power < math.inf
+        ):
+            raise ValueError(f"power={power!r} is invalid: it must be a number > 0.")
+        self.power = float(power)
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.relu(x - x.mean(dim=self.dim, keepdim=True))
+        return y if self.power == 1.0 else y.pow(self.power)
+
+    def extra_repr(self) -> str:
+        return f"power={self.power}, dim={self.dim}"

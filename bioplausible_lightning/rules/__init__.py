@@ -4,6 +4,7 @@ from .base import PerturbationRule
 from .composite import CompositeRule, HebbianPerturbation
 from .hebbian import CompetitiveHebbian
 from .node import NodePerturbation
+from .presets import KrotovHopfield, SoftHebb
 from .rule import LearningRule, OwnOptimizer, RuleOutput
 from .weight import WeightPerturbation
 
@@ -11,10 +12,12 @@ __all__ = [
     "CompetitiveHebbian",
     "CompositeRule",
     "HebbianPerturbation",
+    "KrotovHopfield",
     "LearningRule",
     "NodePerturbation",
     "OwnOptimizer",
     "PerturbationRule",
     "RuleOutput",
+    "SoftHebb",
     "WeightPerturbation",
 ]

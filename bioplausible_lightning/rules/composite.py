@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .._validation import check_names
+from .._validation import check_min_int, check_names
 from ..losses import PerSampleLoss
 from .base import PerturbationRule
 from .hebbian import CompetitiveHebbian
@@ -102,6 +102,10 @@ class HebbianPerturbation(CompositeRule):
             ``layers`` must be left unset, they are filled in here.
         readout: The readout's rule (default :class:`NodePerturbation` with 8 directions).
         readout_layers: ``fnmatch`` patterns of the readout layers (default: the last one).
+        readout_start: A label-free stage first: the readout learns only once the Hebbian
+            rule has made this many updates (default 0: both learn from the start).  A
+            readout that learns while a wide Hebbian layer is still far from converged
+            fits features that then move away; waiting costs no extra passes.
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class HebbianPerturbation(CompositeRule):
         hebbian: CompetitiveHebbian | None = None,
         readout: PerturbationRule | None = None,
         readout_layers: Sequence[str] | None = None,
+        readout_start: int = 0,
     ) -> None:
         hebbian = hebbian if hebbian is not None else CompetitiveHebbian()
         readout = readout if readout is not None else NodePerturbation(num_directions=8)
@@ -126,10 +131,25 @@ class HebbianPerturbation(CompositeRule):
                     "assigns the layers; use readout_layers= to choose the readout."
                 )
         readout_layers = check_names("readout_layers", readout_layers)
+        check_min_int("readout_start", readout_start, 0)
         super().__init__([hebbian, readout])
+        self.readout_start = readout_start
         self.hebbian, self.readout = hebbian, readout
         self.readout_layers = readout_layers
         self._parts_for: PerModel[bool] = PerModel()
+
+    def estimate(
+        self,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        inputs: Tensor,
+        targets: Tensor,
+        grad_scale: float = 1.0,
+    ) -> RuleOutput:
+        if self.hebbian.steps >= self.readout_start:
+            return super().estimate(model, loss_fn, inputs, targets, grad_scale)
+        self.parts(model)
+        return self.hebbian.estimate(model, loss_fn, inputs, targets, grad_scale)
 
     def parts(self, model: nn.Module) -> list[LearningRule]:
         if self._parts_for.get(model) is None:

@@ -3,22 +3,33 @@
 For a layer with weights ``w_i`` (one row per unit) and input ``x`` (a convolution: every
 input patch), each example's units compete and the winners move towards the input:
 
-* **competition** on the cosine similarity ``c_i = w_i·x / (‖w_i‖ ‖x‖)`` minus a
-  homeostatic threshold ``θ_i``: ``y = softmax((c − θ) / T)`` (``"soft"``, temperature
-  ``T``) or ``y_i = 1`` for the ``k`` largest ``c_i − θ_i`` (``"hard"``, k-WTA).  The
-  cosine makes a unit's chance of winning independent of its norm, so one large unit cannot
-  take every example;
+* **competition** on a similarity ``c_i`` minus a homeostatic threshold ``θ_i``: the cosine
+  ``c_i = w_i·x / (‖w_i‖ ‖x‖)`` (default: a unit's chance of winning does not depend on its
+  norm, so one large unit cannot take every example) or the layer's own response
+  ``c_i = u_i`` (``similarity="dot"``, as in SoftHebb and Krotov–Hopfield).  Then
+  ``y = softmax((c − θ) / T)`` (``"soft"``, temperature ``T``), ``y_i = 1`` for the ``k``
+  largest ``c_i − θ_i`` (``"hard"``, k-WTA), or Krotov & Hopfield's ranking (``"rank"``):
+  ``y = 1`` for the strongest unit and ``y = −Δ`` (``anti_hebbian``) for the ``k``-th;
+  with ``"soft"``, ``anti_hebbian=Δ`` turns every unit but the winner anti-Hebbian,
+  ``y_i → −Δ y_i`` (SoftHebb's soft anti-Hebbian plasticity);
 * **Hebbian update with decay** ``Δw_i = η_i · mean_b y_i (x − u_i w_i)`` with
   ``u_i = w_i·x`` (the Oja / SoftHebb form): the decay term holds ``‖w_i‖`` near 1 without
-  clipping, and with non-negative inputs each ``w_i`` moves towards a non-negative
-  combination of inputs, so positive weights emerge *by magnitude* from a mixed-sign start;
-* **homeostasis** ``θ_i ← θ_i + η_θ (m · r_i − 1)`` where ``r_i = mean_b y_i`` is the unit's
-  share of the competition and ``m`` the number of units: a unit that wins more than its
-  fair share ``1/m`` (``k/m`` for k-WTA) raises its threshold, one that never wins lowers it
-  until it does, so no unit stays dead;
-* **per-unit rate** ``η_i = η / max(1, 2 η · mean_b y_i u_i)`` (the decay factor of one
-  step never overshoots, whatever the input scale or how often the unit won), times
-  ``sqrt(|‖w_i‖ − 1|)`` with ``adaptive_rate=True`` (SoftHebb: a converged unit slows down).
+  clipping (with ``normalize="unit"``, ``mean_b y_i u_i`` is floored at 0 so that the decay
+  never turns into growth), and
+  with non-negative inputs each ``w_i`` moves towards a non-negative
+  combination of inputs, so positive weights emerge *by magnitude* from a mixed-sign start.
+  On a layer with a :class:`~bioplausible_lightning.nn.LebesguePower` weight the update acts
+  on the synapses ``θ`` (``u_i = ⟨θ_i, x⟩_p``), which converge to the unit p-sphere;
+* **homeostasis** ``θ_i ← θ_i + η_θ (m · r_i − 1)`` where ``r_i = mean_b max(y_i, 0)`` is
+  the unit's share of the competition and ``m`` the number of units: a unit that wins more
+  than its fair share ``1/m`` (``k/m`` for k-WTA) raises its threshold, one that never wins
+  lowers it until it does, so no unit stays dead;
+* **step size**: ``normalize="unit"`` (default) uses the per-unit rate
+  ``η_i = η / max(1, 2 η · mean_b y_i u_i)`` (the decay factor of one step never
+  overshoots, whatever the input scale or how often the unit won), times
+  ``sqrt(|‖w_i‖ − 1|)`` with ``adaptive_rate=True`` (SoftHebb: a converged unit slows down);
+  ``normalize="max"`` divides the layer's update by its largest entry (Krotov–Hopfield), and
+  ``lr_decay_steps`` lets ``η`` fall linearly to 0 over that many updates.
 
 The update is written as ``p.grad = −Δw / η`` for an SGD optimizer of the rule's own with
 learning rate ``η`` (see :meth:`CompetitiveHebbian.own_optimizers`), so clipping,
@@ -37,10 +48,12 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .._validation import (
     check_bool,
     check_choice,
+    check_in_range,
     check_min_int,
     check_names,
     check_positive,
@@ -48,10 +61,18 @@ from .._validation import (
 )
 from ..losses import PerSampleLoss
 from .base import PerturbationRule
-from .layers import accumulate_weight_grad, find_target_layers, is_conv, weight_param
+from .layers import (
+    accumulate_param_grad,
+    accumulate_weight_grad,
+    find_target_layers,
+    is_conv,
+    weight_param,
+)
 from .rule import LearningRule, OwnOptimizer, PerModel, RuleOutput
 
-Competition = Literal["soft", "hard"]
+Competition = Literal["soft", "hard", "rank"]
+Similarity = Literal["cosine", "dot"]
+StepNormalization = Literal["unit", "max"]
 
 
 def _check_nonnegative(name: str, value: float) -> None:
@@ -77,14 +98,37 @@ def layer_outputs_as_rows(module: nn.Module, out: Tensor) -> Tensor:
     return out.reshape(-1, out.shape[-1])
 
 
+def _hebbian_term(y: Tensor, x: Tensor, sparse: bool) -> Tensor:
+    """``yᵀ x``; for k-WTA and rank competition (a few non-zeros per row of ``y``) summed
+    over the non-zeros only, which is the dominant cost of a wide layer's update."""
+    if not sparse:
+        return y.T @ x
+    rows, units = y.nonzero(as_tuple=True)  # noqa: RUF059
+    term = x.new_zeros(y.shape[1], x.shape[1])
+    return term.index_add_(0, units, x[rows] * y[rows, units, None])
+
+
+def _updates_synapses(module: nn.Module) -> bool:
+    """Whether the layer's weight parametrisation asks for the update on its original
+    (``hebbian_space = "original"``, e.g. :class:`~bioplausible_lightning.nn.LebesguePower`)."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return False
+    return all(
+        getattr(p, "hebbian_space", None) == "original"
+        for p in module.parametrizations.weight
+    )
+
+
 class CompetitiveHebbian(LearningRule):
     """Label-free competitive Hebbian learning for hidden ``nn.Linear``/``nn.Conv2d`` layers.
 
     Args:
         lr: Plasticity rate ``η`` (> 0) of the rule's own SGD optimizer.
-        competition: ``"soft"`` (softmax with ``temperature``) or ``"hard"`` (k-WTA).
-        temperature: Softmax temperature on cosine similarities (> 0; smaller = harder).
-        k: Winners per example in ``"hard"`` competition (>= 1, fewer than the units).
+        competition: ``"soft"`` (softmax with ``temperature``), ``"hard"`` (k-WTA) or
+            ``"rank"`` (the strongest unit Hebbian, the ``k``-th anti-Hebbian).
+        temperature: Softmax temperature (> 0; smaller = harder) on the similarities.
+        k: Winners per example for ``"hard"`` (>= 1); the anti-Hebbian rank for
+            ``"rank"`` (>= 2); fewer than the layer's units.
         homeostasis: Threshold rate ``η_θ`` (>= 0; 0 switches homeostasis off).
         adaptive_rate: Scale each unit's rate by ``sqrt(|‖w_i‖ − 1|)`` (SoftHebb).
         layers: ``fnmatch`` patterns of the layers to train (default: every supported
@@ -92,6 +136,11 @@ class CompetitiveHebbian(LearningRule):
         layer_steps: Greedy training: layer ``l`` (in forward order) learns during
             optimizer steps ``[l·S, (l+1)·S)`` and is frozen after; ``None`` trains all
             layers at once, all the time.
+        similarity: What units compete on: ``"cosine"`` or ``"dot"`` (the response ``u``).
+        anti_hebbian: ``Δ`` in [0, 1] of the anti-Hebbian units (``"rank"``, ``"soft"``).
+        normalize: ``"unit"`` (per-unit overshoot cap) or ``"max"`` (divide by the largest
+            entry of the layer's update).
+        lr_decay_steps: Decay ``η`` linearly to 0 over this many updates (None: constant).
     """
 
     def __init__(
@@ -104,15 +153,30 @@ class CompetitiveHebbian(LearningRule):
         adaptive_rate: bool = False,
         layers: Sequence[str] | None = None,
         layer_steps: int | None = None,
+        *,
+        similarity: Similarity = "cosine",
+        anti_hebbian: float = 0.0,
+        normalize: StepNormalization = "unit",
+        lr_decay_steps: int | None = None,
     ) -> None:
         check_positive("lr", lr)
-        check_choice("competition", competition, ("soft", "hard"))
+        check_choice("competition", competition, ("soft", "hard", "rank"))
         check_positive("temperature", temperature)
-        check_min_int("k", k, 1)
+        check_min_int("k", k, 2 if competition == "rank" else 1)
         _check_nonnegative("homeostasis", homeostasis)
         check_bool("adaptive_rate", adaptive_rate)
         if layer_steps is not None:
             check_min_int("layer_steps", layer_steps, 1)
+        check_choice("similarity", similarity, ("cosine", "dot"))
+        check_in_range("anti_hebbian", anti_hebbian, 0.0, 1.0)
+        if anti_hebbian > 0 and competition == "hard":
+            raise ValueError(
+                f"anti_hebbian={anti_hebbian!r} is invalid with competition='hard': "
+                "anti-Hebbian units exist only for competition='soft' or 'rank'."
+            )
+        check_choice("normalize", normalize, ("unit", "max"))
+        if lr_decay_steps is not None:
+            check_min_int("lr_decay_steps", lr_decay_steps, 1)
         self.lr = float(lr)
         self.competition = competition
         self.temperature = float(temperature)
@@ -121,6 +185,10 @@ class CompetitiveHebbian(LearningRule):
         self.adaptive_rate = adaptive_rate
         self.layers = check_names("layers", layers)
         self.layer_steps = layer_steps
+        self.similarity = similarity
+        self.anti_hebbian = float(anti_hebbian)
+        self.normalize = normalize
+        self.lr_decay_steps = lr_decay_steps
         self._steps = 0
         self._thresholds: dict[str, Tensor] = {}
         self._targets: PerModel[list[tuple[str, nn.Module]]] = PerModel()
@@ -144,10 +212,10 @@ class CompetitiveHebbian(LearningRule):
                         "numeric zero padding only (exclude the layer with `layers=`)."
                     )  # fmt: skip
                 units = weight_param(module).shape[0]
-                if self.competition == "hard" and self.k >= units:
+                if self.competition != "soft" and self.k >= units:
                     raise ValueError(
                         f"k={self.k} is invalid for layer {name!r} with {units} units: "
-                        "k-WTA needs k < the number of units."
+                        f"competition={self.competition!r} needs k < the number of units."
                     )
             self._targets.set(model, targets)
         return targets
@@ -165,31 +233,70 @@ class CompetitiveHebbian(LearningRule):
         return [OwnOptimizer([{"params": weights}], functools.partial(torch.optim.SGD, lr=self.lr))]
 
     # -- the update ----------------------------------------------------------------------
-    def competition_weights(self, cosine: Tensor) -> Tensor:
-        """``y``: each row's share of the competition, from cosines minus thresholds."""
+    def competition_weights(self, scores: Tensor) -> Tensor:
+        """``y``: each row's share of the competition, from similarities minus thresholds."""
         if self.competition == "soft":
-            return torch.softmax(cosine / self.temperature, dim=1)
-        winners = cosine.topk(self.k, dim=1).indices
-        return torch.zeros_like(cosine).scatter_(1, winners, 1.0)
+            y = torch.softmax(scores / self.temperature, dim=1)
+            if self.anti_hebbian > 0:
+                winner = scores.argmax(dim=1, keepdim=True)
+                losers = torch.ones_like(y).scatter_(1, winner, 0.0)
+                y = y - (1 + self.anti_hebbian) * losers * y
+            return y
+        if self.competition == "hard":
+            winners = scores.topk(self.k, dim=1).indices
+            return torch.zeros_like(scores).scatter_(1, winners, 1.0)
+        ranked = scores.topk(self.k, dim=1).indices
+        y = torch.zeros_like(scores).scatter_(1, ranked[:, :1], 1.0)
+        return y.scatter_(1, ranked[:, -1:], -self.anti_hebbian)
+
+    def current_lr_factor(self) -> float:
+        """The linear decay's factor ``1 − steps / lr_decay_steps`` (1 without decay)."""
+        if self.lr_decay_steps is None:
+            return 1.0
+        return max(0.0, 1.0 - self._steps / self.lr_decay_steps)
 
     def hebbian_update(
         self, weight: Tensor, x: Tensor, u: Tensor, threshold: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(Δw as SGD grad, new threshold, share r)`` for rows ``x`` ``(R, in)`` and
-        pre-activations ``u`` ``(R, units)`` of a layer with weight ``(units, in)``."""
+        responses ``u`` ``(R, units)`` of a layer whose synapses are ``weight``
+        ``(units, in)``."""
         w = weight.reshape(weight.shape[0], -1)
-        norms = w.norm(dim=1).clamp_min(1e-12)
-        cosine = u / norms / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        y = self.competition_weights(cosine - threshold)
+        needs_norms = self.similarity == "cosine" or self.adaptive_rate
+        norms = w.norm(dim=1).clamp_min(1e-12) if needs_norms else None
+        if self.similarity == "cosine":
+            scores = u / norms / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        else:
+            scores = u
+        y = self.competition_weights(scores - threshold)
         rows = x.shape[0]
-        yu = (y * u).sum(0) / rows  # mean_b y_i u_i
-        delta = (y.T @ x) / rows - yu[:, None] * w
-        rate = torch.full_like(yu, self.lr)
-        if self.adaptive_rate:
-            rate = rate * (norms - 1).abs().clamp_min(1e-10).sqrt()
-        rate = rate / (2 * rate * yu.abs()).clamp_min(1.0)
-        grad = -(rate / self.lr)[:, None] * delta
-        share = y.sum(0) / rows
+        yu = (y * u).sum(0) / rows  # mean_b y_i u_i, the decay's factor
+        if self.normalize == "unit":
+            # a unit whose wins come with a negative response (e.g. all-positive weights on
+            # standardised, mostly negative inputs) would *grow* by −u w without bound: floor
+            # the decay at zero.  Krotov–Hopfield's "max" step keeps the raw sign (its
+            # anti-Hebbian units rely on it) and bounds every step by ``lr`` instead.
+            yu = yu.clamp_min(0)
+        # Only units that took part in a competition change.  With k-WTA or rank competition
+        # on a wide layer that is a small fraction of the rows: compute those rows alone.
+        if self.competition == "soft":
+            active = None
+            delta = (y.T @ x) / rows - yu[:, None] * w
+        else:
+            active = (y != 0).any(0).nonzero().squeeze(1)
+            delta = _hebbian_term(y[:, active], x, True) / rows - yu[active, None] * w[active]
+        decay = self.current_lr_factor()
+        if self.normalize == "max":
+            step = -decay * delta / delta.abs().max().clamp_min(1e-30)
+        else:
+            rate = torch.full_like(yu, self.lr)
+            if self.adaptive_rate:
+                rate = rate * (norms - 1).abs().clamp_min(1e-10).sqrt()
+            rate = rate / (2 * rate * yu.abs()).clamp_min(1.0)
+            rate = rate if active is None else rate[active]
+            step = -(decay * rate / self.lr)[:, None] * delta
+        grad = step if active is None else w.new_zeros(w.shape).index_copy_(0, active, step)
+        share = y.clamp_min(0).sum(0) / rows
         fair = (self.k if self.competition == "hard" else 1) / w.shape[0]
         new_threshold = threshold + self.homeostasis * (share / fair - 1)
         return grad.view_as(weight), new_threshold, share
@@ -233,8 +340,10 @@ class CompetitiveHebbian(LearningRule):
         if finite:
             for name, module in active:
                 x, out = records[name]
-                dtype = torch.promote_types(module.weight.dtype, torch.float32)  # bf16 → fp32
-                weight = module.weight.to(dtype)
+                on_synapses = _updates_synapses(module)
+                synapses = weight_param(module) if on_synapses else module.weight
+                dtype = torch.promote_types(synapses.dtype, torch.float32)  # bf16 → fp32
+                weight = synapses.to(dtype)
                 rows_x = layer_inputs_as_rows(module, x.to(dtype))
                 rows_u = layer_outputs_as_rows(module, out.to(dtype))
                 threshold = self._thresholds.get(name)
@@ -243,7 +352,10 @@ class CompetitiveHebbian(LearningRule):
                 threshold = threshold.to(weight.device, dtype)
                 grad, threshold, _ = self.hebbian_update(weight, rows_x, rows_u, threshold)
                 self._thresholds[name] = threshold
-                accumulate_weight_grad(module, grad * grad_scale)
+                if on_synapses:
+                    accumulate_param_grad(synapses, grad * grad_scale)
+                else:
+                    accumulate_weight_grad(module, grad * grad_scale)
             self._steps += 1
         return RuleOutput(loss, logits, finite)
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from fnmatch import fnmatch
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ..nn.dale import DaleConv2d, DaleLinear, _accumulate
 
@@ -21,6 +22,8 @@ def weight_param(module: nn.Module) -> nn.Parameter:
     """The trainable tensor behind ``module.weight``."""
     if isinstance(module, (DaleLinear, DaleConv2d)):
         return module.weight_parameter
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
     return module.weight
 
 
@@ -32,6 +35,16 @@ def accumulate_weight_grad(module: nn.Module, grad_weight: Tensor) -> None:
     """Add an estimate of ``dL/d(effective weight)`` to the module's weight parameter grad."""
     if isinstance(module, (DaleLinear, DaleConv2d)):
         module.accumulate_weight_grad(grad_weight)
+    elif parametrize.is_parametrized(module, "weight"):
+        chain = module.parametrizations.weight
+        if len(chain) != 1 or not hasattr(chain[0], "weight_grad_to_original"):
+            raise ValueError(
+                f"{type(chain[0]).__name__}: a rule can train a parametrised weight only "
+                "through one parametrisation with a `weight_grad_to_original(original, "
+                "grad_weight)` method (the local chain rule); this one has none."
+            )
+        original = chain.original
+        _accumulate(original, chain[0].weight_grad_to_original(original, grad_weight))
     else:
         _accumulate(module.weight, grad_weight)
 

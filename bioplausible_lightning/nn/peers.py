@@ -1,0 +1,161 @@
+"""The architectures of the Hebbian peers (Krotov–Hopfield, SoftHebb), in plain torch layers.
+
+Any model works with the rules; these reproduce the peers' networks so that their presets
+(:mod:`bioplausible_lightning.rules.presets`) can be run and compared on the same data.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .activations import Triangle
+from .lebesgue import lebesgue_
+from .models import InputNormalization, _check_input, _check_positive_ints, _seeded
+
+HiddenInit = Literal["torch", "normal", "positive"]
+
+
+def _init_hidden(weight: Tensor, init: HiddenInit) -> None:
+    """``"normal"``: N(0, 1) (Krotov–Hopfield); ``"positive"``: |N(0, 1)| (SoftHebb's
+    all-positive start); ``"torch"``: leave the default init.  Both start far from the unit
+    sphere the rules converge to, which is what drives SoftHebb's norm-dependent rate."""
+    if init == "torch":
+        return
+    with torch.no_grad():
+        weight.normal_()
+        if init == "positive":
+            weight.abs_()
+
+
+def _check_init(init: str) -> None:
+    if init not in ("torch", "normal", "positive"):
+        raise ValueError(
+            f"init={init!r} is invalid: allowed values are ('torch', 'normal', 'positive')."
+        )
+
+
+class HebbianMLP(nn.Module):
+    """Hidden ``nn.Linear`` layers without bias for a Hebbian rule, then a linear readout.
+
+    Args:
+        input_shape: Shape of one sample (flat inputs are accepted).
+        num_classes: Readout units.
+        hidden_sizes: Width of each hidden layer.
+        activation: Module applied (copied) after each hidden layer, e.g.
+            :class:`RectifiedPower` (Krotov–Hopfield) or :class:`SoftWinnerTakeAll`
+            (SoftHebb); default ``nn.ReLU``.
+        lebesgue_p: Give the hidden layers the Lebesgue-p response (Krotov–Hopfield: 3);
+            None keeps the dot product.
+        init: Hidden synapses' start: ``"torch"`` (default init, mixed signs),
+            ``"normal"`` (N(0, 1), Krotov–Hopfield) or ``"positive"`` (SoftHebb).
+        input_mean, input_std: Input normalisation inside the model (default: raw pixels).
+        seed: Seed of the initialisation.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
+        hidden_sizes: Sequence[int] = (2000,),
+        activation: nn.Module | None = None,
+        lebesgue_p: float | None = None,
+        init: HiddenInit = "torch",
+        input_mean: float | Sequence[float] = 0.0,
+        input_std: float | Sequence[float] = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        _check_positive_ints("input_shape", self.input_shape)
+        _check_positive_ints("hidden_sizes", list(hidden_sizes))
+        _check_positive_ints("num_classes", [num_classes])
+        _check_init(init)
+        self.normalize = InputNormalization(input_mean, input_std)
+        activation = activation if activation is not None else nn.ReLU()
+        sizes = [math.prod(self.input_shape), *[int(h) for h in hidden_sizes]]
+        layers: list[nn.Module] = []
+        with _seeded(seed):
+            for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+                hidden = nn.Linear(n_in, n_out, bias=False)
+                if lebesgue_p is not None:
+                    lebesgue_(hidden, lebesgue_p)
+                    _init_hidden(hidden.parametrizations.weight.original, init)  # synapses θ
+                else:
+                    _init_hidden(hidden.weight, init)
+                layers += [hidden, copy.deepcopy(activation)]
+            layers.append(nn.Linear(sizes[-1], num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.normalize(_check_input(x, self.input_shape, type(self).__name__))
+        return self.layers(x.flatten(1))
+
+
+class SoftHebbConvNet(nn.Module):
+    """SoftHebb's CIFAR-10 network (Journé et al. 2023): three blocks of non-affine
+    BatchNorm → conv (no bias) → triangle activation → pooling, then dropout and a linear
+    readout.
+
+    Args:
+        input_shape: ``(C, H, W)``.
+        num_classes: Readout units.
+        channels: The three blocks' channels: (24, 96, 384) is a quarter of the paper's
+            width, (96, 384, 1536) the paper's.
+        kernel_sizes: Conv kernel size of each block (the paper: 5, 3, 3; "same" padding).
+        triangle_powers: Exponent of each block's triangle activation.
+        dropout: Dropout before the readout.
+        init: Hidden synapses' start (see :class:`HebbianMLP`).
+        seed: Seed of the initialisation.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 10,
+        channels: Sequence[int] = (24, 96, 384),
+        kernel_sizes: Sequence[int] = (5, 3, 3),
+        triangle_powers: Sequence[float] = (0.7, 1.4, 1.0),
+        dropout: float = 0.5,
+        init: HiddenInit = "torch",
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        if len(self.input_shape) != 3:
+            raise ValueError(f"input_shape={list(input_shape)!r} is invalid: expected (C, H, W).")
+        _check_positive_ints("input_shape", self.input_shape)
+        _check_positive_ints("channels", list(channels))
+        _check_positive_ints("kernel_sizes", list(kernel_sizes))
+        if not (len(channels) == len(kernel_sizes) == len(triangle_powers)):
+            raise ValueError(
+                f"channels={list(channels)!r}, kernel_sizes={list(kernel_sizes)!r} and "
+                f"triangle_powers={list(triangle_powers)!r} are invalid: give one entry per "
+                "block in each."
+            )
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout={dropout!r} is invalid: it must be in [0, 1).")
+        _check_init(init)
+        c, h, w = self.input_shape
+        blocks: list[nn.Module] = []
+        with _seeded(seed):
+            blocks_spec = zip(channels, kernel_sizes, triangle_powers)
+            for i, (out_c, kernel, power) in enumerate(blocks_spec):
+                conv = nn.Conv2d(c, out_c, kernel, padding=kernel // 2, bias=False)
+                _init_hidden(conv.weight, init)
+                last = i == len(channels) - 1
+                pool = nn.AvgPool2d(2, 2) if last else nn.MaxPool2d(4, 2, padding=1)
+                blocks += [nn.BatchNorm2d(c, affine=False), conv, Triangle(power), pool]
+                c, h, w = out_c, h // 2, w // 2
+            self.features = nn.Sequential(*blocks)
+            self.head = nn.Sequential(
+                nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * h * w, num_classes)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(_check_input(x, self.input_shape, type(self).__name__)))
