@@ -8,12 +8,14 @@ from .module import BackpropModule, ClassifierModule, PerturbationModule
 from .nn import (
     BioConvNet,
     BioMLP,
-    DaleConv2d,
-    DaleLinear,
+    DaleExp,
     InputNormalization,
     KWinnersTakeAll,
     SoftWinnerTakeAll,
+    dale_,
 )
+from .nn import DaleConv2d as DaleConv2d  # deprecated factories: importable, not in __all__
+from .nn import DaleLinear as DaleLinear
 from .rules import (
     CompetitiveHebbian,
     CompositeRule,
@@ -36,9 +38,8 @@ __all__ = [
     "CompetitiveHebbian",
     "CompositeRule",
     "ClassifierModule",
-    "DaleConv2d",
+    "DaleExp",
     "DaleLawMonitor",
-    "DaleLinear",
     "DigitsDataModule",
     "HebbianPerturbation",
     "DopamineStepSize",
@@ -56,6 +57,7 @@ __all__ = [
     "SparsityMonitor",
     "WeightDistributionMonitor",
     "WeightPerturbation",
+    "dale_",
     "evaluate_robustness",
     "run_comparison",
 ]

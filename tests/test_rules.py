@@ -192,8 +192,8 @@ def test_layer_selection_trains_only_matching_layers(digits_batch):
     rule = NodePerturbation(layers=["layers.2"])
     with pytest.warns(UserWarning, match="will not be updated"):
         rule.estimate(model, cross_entropy, *digits_batch)
-    assert model.layers[0].log_weight.grad is None
-    assert model.layers[2].log_weight.grad is not None
+    assert model.layers[0].parametrizations.weight.original.grad is None
+    assert model.layers[2].parametrizations.weight.original.grad is not None
 
 
 def test_lowrank_perturbation_draws_few_random_numbers():
