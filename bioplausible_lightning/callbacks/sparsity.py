@@ -237,4 +237,4 @@ def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-__all__ = ["SparsityMonitor", "default_forward", "evaluation_mode", "preserved_rng"]
+__all__ = ["SparsityMonitor"]

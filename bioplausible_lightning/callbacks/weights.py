@@ -206,4 +206,4 @@ def save_histogram_figure(
     fig.savefig(path, dpi=100)
 
 
-__all__ = ["WeightDistributionMonitor", "save_histogram_figure"]
+__all__ = ["WeightDistributionMonitor"]

@@ -113,6 +113,5 @@ __all__ = [
     "default_weight_getter",
     "named_weights",
     "presynaptic_layout",
-    "type_names",
     "unit_dim",
 ]
