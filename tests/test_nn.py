@@ -110,6 +110,25 @@ def test_chain_rule_method_is_the_exact_vector_jacobian_product():
     assert torch.allclose(theta.grad, g * layer.weight, rtol=1e-12, atol=0)
 
 
+class _Square(nn.Module):
+    def forward(self, w):
+        return w * w.abs()
+
+    def weight_grad_to_original(self, original, grad_weight):
+        return grad_weight * 2 * original.abs()
+
+
+def test_stacked_parametrisations_chain_their_local_rules_exactly():
+    layer = dale_(nn.Linear(4, 3).double(), generator=gen())
+    parametrize.register_parametrization(layer, "weight", _Square())  # on top of DaleExp
+    theta = weight_param(layer)
+    g = torch.randn(3, 4, dtype=torch.float64)
+    (layer.weight * g).sum().backward()  # autograd: the exact vector-Jacobian product
+    expected, theta.grad = theta.grad.clone(), None
+    accumulate_weight_grad(layer, g)
+    torch.testing.assert_close(theta.grad, expected, rtol=1e-12, atol=0)
+
+
 def test_assigning_a_weight_goes_through_right_inverse():
     layer = dale_(nn.Linear(5, 3).double(), generator=gen())
     target = layer.weight.detach() * 2
