@@ -8,8 +8,7 @@ from .module import BackpropModule, ClassifierModule, PerturbationModule
 from .nn import (
     BioConvNet,
     BioMLP,
-    DaleConv2d,
-    DaleLinear,
+    DaleExp,
     HebbianMLP,
     InputNormalization,
     KWinnersTakeAll,
@@ -18,8 +17,11 @@ from .nn import (
     SoftHebbConvNet,
     SoftWinnerTakeAll,
     Triangle,
+    dale_,
     lebesgue_,
 )
+from .nn import DaleConv2d as DaleConv2d  # deprecated factories: importable, not in __all__
+from .nn import DaleLinear as DaleLinear
 from .rules import (
     CompetitiveHebbian,
     CompositeRule,
@@ -44,9 +46,8 @@ __all__ = [
     "CompetitiveHebbian",
     "CompositeRule",
     "ClassifierModule",
-    "DaleConv2d",
+    "DaleExp",
     "DaleLawMonitor",
-    "DaleLinear",
     "DigitsDataModule",
     "HebbianMLP",
     "HebbianPerturbation",
@@ -71,6 +72,7 @@ __all__ = [
     "SparsityMonitor",
     "WeightDistributionMonitor",
     "WeightPerturbation",
+    "dale_",
     "evaluate_robustness",
     "lebesgue_",
     "run_comparison",

@@ -418,7 +418,12 @@ def digits_data():
 
 
 def test_learners_are_built_from_the_cli_configs(digits_data):
-    from bioplausible_lightning import BackpropModule, HebbianPerturbation, PerturbationModule
+    from bioplausible_lightning import (
+        BackpropModule,
+        DaleExp,
+        HebbianPerturbation,
+        PerturbationModule,
+    )
     from bioplausible_lightning.evaluation.learners import DEFAULT_LEARNERS, LearnerRun
 
     node, bp_dale, bp, hebbian = (LearnerRun(lr) for lr in DEFAULT_LEARNERS["mnist"])
@@ -426,7 +431,7 @@ def test_learners_are_built_from_the_cli_configs(digits_data):
     model = bp_dale.model(five, seed=3, hidden_sizes=[16, 16])  # the data's shape and classes
     assert model.input_shape == (1, 8, 8) and model.layers[-1].out_features == 5
     assert [m.out_features for m in model.layers if hasattr(m, "out_features")] == [16, 16, 5]
-    assert type(model.layers[0]).__name__ == "DaleLinear"
+    assert isinstance(model.layers[0].parametrizations.weight[0], DaleExp)  # Dale's law
     assert type(bp.model(five, 0).layers[0]) is nn.Linear  # standard baseline: plain layers
     assert torch.equal(bp.model(five, 3).layers[0].weight, bp.model(five, 3).layers[0].weight)
     assert isinstance(bp_dale.module(model, epochs=7), BackpropModule)

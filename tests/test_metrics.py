@@ -31,7 +31,7 @@ from bioplausible_lightning.metrics import (
     weight_distribution,
     weight_sparsity,
 )
-from bioplausible_lightning.nn import BioConvNet, BioMLP, DaleConv2d, DaleLinear
+from bioplausible_lightning.nn import BioConvNet, BioMLP, dale_
 
 # -- activity sparseness ----------------------------------------------------------------------
 
@@ -172,7 +172,7 @@ def test_transposed_convolution_reads_presynaptic_units_on_dim_0() -> None:
 def test_dale_models_are_consistent_and_backprop_layers_are_not() -> None:
     assert sign_consistency(BioMLP(hidden_sizes=(32,), seed=0)) == 1.0
     assert sign_consistency(BioConvNet(input_shape=(1, 8, 8), channels=(4,), seed=0)) == 1.0
-    dale = DaleLinear(50, 20, inhibitory_fraction=0.2, generator=torch.Generator().manual_seed(0))
+    dale = dale_(nn.Linear(50, 20), 0.2, generator=torch.Generator().manual_seed(0))
     out = dale_statistics(dale.weight)
     assert out["ei_ratio"] == pytest.approx(40 / 10)
     torch.manual_seed(0)
@@ -182,10 +182,11 @@ def test_dale_models_are_consistent_and_backprop_layers_are_not() -> None:
 
 
 def test_plain_parametrization_can_break_dales_law() -> None:
-    layer = DaleConv2d(3, 4, parametrization="plain", generator=torch.Generator().manual_seed(0))
+    layer = dale_(nn.Conv2d(3, 4, 3), parametrization="plain",
+                  generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert sign_consistency(layer) == 1.0
     with torch.no_grad():
-        layer.weight_raw[0, 0, 0, 0] *= -1
+        layer.weight[0, 0, 0, 0] *= -1
     assert sign_consistency(layer) == pytest.approx(2 / 3)
 
 

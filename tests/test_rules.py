@@ -1,98 +1,21 @@
-import math
 import warnings
 
 import pytest
 import torch
 from _helpers import trap_autograd
 from torch import nn
+from torch.nn.utils import parametrize
 
-from bioplausible_lightning import BioConvNet, BioMLP, NodePerturbation, WeightPerturbation
+from bioplausible_lightning import BioMLP, NodePerturbation, WeightPerturbation
 from bioplausible_lightning.losses import cross_entropy
+from bioplausible_lightning.rules.layers import weight_param
 
-
-def _autograd_grad(model, x, y):
-    model.zero_grad()
-    cross_entropy(model(x), y).mean().backward()
-    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
-    model.zero_grad()
-    return grads
-
-
-def _averaged_estimate(rule, model, x, y, repeats):
-    model.zero_grad()
-    for _ in range(repeats):
-        out = rule.estimate(model, cross_entropy, x, y, grad_scale=1.0 / repeats)
-        assert out.finite
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-
+# The exactness of every estimate (coefficients, scale, directions) is tested in float64
+# against torch.func.jvp in test_estimators.py; these tests cover the rules' contracts.
 MODELS = {
     "dale_mlp": lambda: BioMLP(hidden_sizes=(8,), seed=0),
     "torch_mlp": lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10)),
-    "dale_conv": lambda: BioConvNet(input_shape=(1, 8, 8), channels=(2,), hidden_size=8, seed=0),
-    "torch_conv": lambda: nn.Sequential(
-        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(128, 10)
-    ),
 }
-
-
-class _Residual(nn.Module):
-    """A non-sequential model: the rules must find layers through hooks, not a fixed class."""
-
-    def __init__(self):
-        super().__init__()
-        self.inp = nn.Linear(64, 8)
-        self.branch = nn.Linear(8, 8)
-        self.out = nn.Linear(8, 10)
-
-    def forward(self, x):
-        h = torch.relu(self.inp(x.flatten(1)))
-        return self.out(h + torch.relu(self.branch(h)))
-
-
-MODELS["residual"] = _Residual
-
-
-NODE_CASES = [(name, True) for name in MODELS] + [
-    # perturbing all layers at once adds the other layers' noise to each layer's estimate:
-    # unbiased, but it needs many more samples on the conv net (see the layerwise option)
-    (name, False)
-    for name in ("dale_mlp", "torch_mlp", "residual")
-]
-
-
-@pytest.mark.parametrize("name, layerwise", NODE_CASES)
-def test_node_perturbation_points_along_true_gradient(name, layerwise, digits_batch):
-    model = MODELS[name]()
-    x, y = digits_batch
-    rule = NodePerturbation(sigma=1e-3, num_directions=8, layerwise=layerwise)
-    cos = torch.cosine_similarity(
-        _averaged_estimate(rule, model, x, y, 100), _autograd_grad(model, x, y), 0
-    )
-    assert cos > 0.9
-
-
-@pytest.mark.parametrize("name", ["dale_mlp", "torch_mlp", "dale_conv", "residual"])
-@pytest.mark.parametrize(
-    "structure, mode",
-    [("lowrank", "additive"), ("dense", "additive"), ("lowrank", "multiplicative")],
-)
-def test_weight_perturbation_points_along_true_gradient(name, structure, mode, digits_batch):
-    model = MODELS[name]()
-    x, y = digits_batch
-    rule = WeightPerturbation(sigma=1e-3, num_directions=64, structure=structure, mode=mode, rank=2)
-    cos = torch.cosine_similarity(
-        _averaged_estimate(rule, model, x, y, 100), _autograd_grad(model, x, y), 0
-    )
-    assert cos > 0.9
-
-
-def test_forward_difference_estimator_is_also_aligned(digits_batch):
-    model = MODELS["torch_mlp"]()
-    x, y = digits_batch
-    rule = NodePerturbation(sigma=1e-3, num_directions=8, estimator="forward")
-    est = _averaged_estimate(rule, model, x, y, 60)
-    assert torch.cosine_similarity(est, _autograd_grad(model, x, y), 0) > 0.9
 
 
 @pytest.mark.parametrize(
@@ -192,8 +115,30 @@ def test_layer_selection_trains_only_matching_layers(digits_batch):
     rule = NodePerturbation(layers=["layers.2"])
     with pytest.warns(UserWarning, match="will not be updated"):
         rule.estimate(model, cross_entropy, *digits_batch)
-    assert model.layers[0].log_weight.grad is None
-    assert model.layers[2].log_weight.grad is not None
+    assert model.layers[0].parametrizations.weight.original.grad is None
+    assert model.layers[2].parametrizations.weight.original.grad is not None
+
+
+class _Doubled(nn.Module):
+    """A parametrisation that is not ours and offers no chain rule."""
+
+    def forward(self, theta):
+        return 2 * theta
+
+
+@pytest.mark.parametrize("rule_cls", [NodePerturbation, WeightPerturbation])
+def test_a_parametrisation_without_a_chain_rule_is_refused_not_trained_wrongly(
+    rule_cls, digits_batch
+):
+    model = MODELS["torch_mlp"]()
+    parametrize.register_parametrization(model[1], "weight", _Doubled())
+    assert weight_param(model[1]) is model[1].parametrizations.weight.original  # any one
+    with pytest.raises(TypeError, match=r"layer '1'.*weight_grad_to_original.*_Doubled"):
+        rule_cls().estimate(model, cross_entropy, *digits_batch)
+    assert all(p.grad is None for p in model.parameters())
+    # leaving the layer out trains the rest
+    with pytest.warns(UserWarning, match="will not be updated"):
+        assert rule_cls(layers=["3"]).estimate(model, cross_entropy, *digits_batch).finite
 
 
 def test_lowrank_perturbation_draws_few_random_numbers():
@@ -206,52 +151,7 @@ def test_lowrank_perturbation_draws_few_random_numbers():
     assert drawn < layer.weight.numel() / 40
 
 
-def test_sigma_controls_perturbation_size(digits_batch):
-    """A tiny sigma must give a near-exact directional derivative (finite differences converge)."""
-    model = MODELS["torch_mlp"]().double()
-    x, y = digits_batch[0].double(), digits_batch[1]
-    rule = WeightPerturbation(sigma=1e-6, num_directions=1, structure="dense", seed=3)
-    rule.estimate(model, cross_entropy, x, y)
-    est = torch.cat([p.grad.flatten() for p in model.parameters()])
-    true = _autograd_grad(model, x, y)
-    # one direction z: est = (g·z) z, so est·g = (g·z)^2 >= 0 and est ∥ z
-    assert (est @ true).item() >= 0
-    assert math.isfinite(est.norm().item())
-
-
 # -- stochastic and batch-coupled modules, odd layouts, layers that do not run -----------
-
-
-def _masked_autograd_grad(model, x, y, mask_seed):
-    torch.manual_seed(mask_seed)  # the dropout mask the rule's forward draws, too
-    return _autograd_grad(model, x, y)
-
-
-def _same_mask_estimate(rule, model, x, y, repeats, mask_seed):
-    model.zero_grad()
-    for _ in range(repeats):
-        torch.manual_seed(mask_seed)
-        assert rule.estimate(model, cross_entropy, x, y, grad_scale=1.0 / repeats).finite
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-
-# many directions per estimate, few estimates: the same samples at a fraction of the calls
-FEW_CALL_RULES = [
-    (NodePerturbation(sigma=1e-3, num_directions=64), 20),
-    (WeightPerturbation(sigma=1e-3, num_directions=256, rank=2), 25),
-]
-
-
-@pytest.mark.parametrize("rule, repeats", FEW_CALL_RULES)
-def test_dropout_replicas_share_one_mask_so_the_estimate_follows_the_gradient(
-    rule, repeats, digits_batch
-):
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Dropout(0.5),
-                          nn.Linear(8, 10))  # fmt: skip
-    x, y = digits_batch
-    # without the shared mask the cosine is about 0.05 (each replica, its own mask)
-    est = _same_mask_estimate(rule, model, x, y, repeats, mask_seed=3)
-    assert torch.cosine_similarity(est, _masked_autograd_grad(model, x, y, 3), 0) > 0.9
 
 
 def test_alpha_dropout_in_train_mode_is_refused_with_the_module_name(digits_batch):
@@ -260,46 +160,26 @@ def test_alpha_dropout_in_train_mode_is_refused_with_the_module_name(digits_batc
         NodePerturbation().estimate(model, cross_entropy, *digits_batch)
 
 
-@pytest.mark.parametrize(
-    "rule, repeats",  # pooled credit (node perturbation) is noisier: twice the samples
-    [(NodePerturbation(sigma=1e-3, num_directions=64), 40),
-     (WeightPerturbation(sigma=1e-3, num_directions=256, rank=2), 25)],
-)  # fmt: skip
-def test_batchnorm_normalises_each_replica_with_its_own_batch_statistics(
-    rule, repeats, digits_batch
-):
+@pytest.mark.parametrize("rule", [NodePerturbation(num_directions=2), WeightPerturbation()])
+def test_batchnorm_updates_running_statistics_once_per_estimate_and_warns(rule, digits_batch):
+    """(That each replica is normalised with its own batch statistics, so the estimate is
+    that of the model as it is, is tested exactly in test_estimators.py.)"""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 10)
     )
-    x, y = digits_batch
-    before = model[1].weight  # the layer *before* BatchNorm: ~0.5 with pooled statistics
-    model.zero_grad()
-    cross_entropy(model(x), y).mean().backward()
-    true = before.grad.flatten().clone()
-    model.zero_grad()
     running = model[2].running_mean.clone()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for _ in range(repeats):
-            assert rule.estimate(model, cross_entropy, x, y, grad_scale=1 / repeats).finite
+        for _ in range(3):
+            assert rule.estimate(model, cross_entropy, *digits_batch).finite
     messages = " ".join(str(w.message) for w in caught)
     assert "belong to no perturbed layer" in messages  # BatchNorm's own affine parameters
     if isinstance(rule, NodePerturbation):  # per-example credit cannot see the coupling
         assert "summed loss change" in messages
-    assert torch.cosine_similarity(before.grad.flatten(), true, 0) > 0.9
     # running statistics are updated once per estimate, with the batch's statistics
-    assert model[2].num_batches_tracked.item() == repeats + 1
+    assert model[2].num_batches_tracked.item() == 3
     assert not torch.equal(model[2].running_mean, running)
-
-
-def test_weight_perturbation_trains_linear_bias_on_sequence_input():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Flatten(), nn.Linear(8 * 3, 4))
-    x, y = torch.randn(16, 3, 5), torch.randint(0, 4, (16,))
-    rule = WeightPerturbation(sigma=1e-3, num_directions=256, rank=2)
-    est = _averaged_estimate(rule, model, x, y, 20)
-    assert torch.cosine_similarity(est, _autograd_grad(model, x, y), 0) > 0.9
 
 
 class _FunctionalHead(nn.Module):

@@ -205,7 +205,5 @@ class Monitor(Callback):
         self._last_sample = state_dict.get("last_sample")
 
 
-__all__ = [
-    "TRAINER_INTERVAL", "Monitor", "check_interval", "check_pattern", "check_types",
-    "logger_step",
-]  # fmt: skip
+# the check_* validators, logger_step and TRAINER_INTERVAL are the monitors' own helpers
+__all__ = ["Monitor"]

@@ -19,8 +19,9 @@ from .base import TRAINER_INTERVAL, Interval, Monitor
 class DaleLawMonitor(Monitor):
     """Sign consistency, E/I ratio and sign flips of every weight tensor.
 
-    Reads weights only (no forward pass): Dale layers through their effective weight,
-    ``nn.Linear`` / ``nn.Conv*`` through ``.weight``, anything else through
+    Reads weights only (no forward pass): ``nn.Linear`` / ``nn.Conv*`` through ``.weight``
+    (the effective weight of a parametrised layer, e.g. ``sign ⊙ exp(θ)`` under Dale's
+    law), anything else through
     ``weight_getter``.  To count sign flips it keeps one ``int8`` sign per weight (on the
     weight's device) from the previous sample; pass ``track_sign_flips=False`` to save it.
 
@@ -34,7 +35,7 @@ class DaleLawMonitor(Monitor):
         log_every_n_steps: Sample every this many optimizer steps; default ``"trainer"``:
             the Trainer's ``log_every_n_steps`` (None: epoch ends only).
         log_on_epoch_end: Also sample at the end of every training epoch.
-        layer_types: Module types to monitor; default Linear, Conv and Dale layers (every
+        layer_types: Module types to monitor; default Linear and Conv layers (every
             module when a ``weight_getter`` is given).
         name_pattern: Regular expression a module's name must contain (``re.search``).
         weight_getter: ``module -> weight | None`` in torch layout ``(out, in, *kernel)``, for

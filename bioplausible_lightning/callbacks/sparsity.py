@@ -84,7 +84,7 @@ class SparsityMonitor(Monitor):
             the Trainer's ``log_every_n_steps`` (None: epoch ends only).
         log_on_epoch_end: Also sample at every validation epoch end (or, without validation,
             training epoch end).
-        layer_types: Module types to monitor; default: weight layers (Linear, Conv, Dale)
+        layer_types: Module types to monitor; default: weight layers (Linear, Conv)
             and elementwise activations (ReLU, GELU, k-WTA, ...).
         name_pattern: Regular expression a module's name must contain (``re.search``).
         activity_tol: ``|x| <= activity_tol`` counts as a silent unit.
@@ -237,4 +237,4 @@ def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-__all__ = ["SparsityMonitor", "default_forward", "evaluation_mode", "preserved_rng"]
+__all__ = ["SparsityMonitor"]

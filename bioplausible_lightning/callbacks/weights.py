@@ -37,7 +37,7 @@ class WeightDistributionMonitor(Monitor):
         log_every_n_steps: Sample every this many optimizer steps; default ``"trainer"``:
             the Trainer's ``log_every_n_steps`` (None: epoch ends only).
         log_on_epoch_end: Also sample at the end of every training epoch.
-        layer_types: Module types to monitor; default Linear, Conv and Dale layers (every
+        layer_types: Module types to monitor; default Linear and Conv layers (every
             module when a ``weight_getter`` is given).
         name_pattern: Regular expression a module's name must contain (``re.search``).
         weight_getter: ``module -> weight | None`` for modules that store weights elsewhere.
@@ -206,4 +206,4 @@ def save_histogram_figure(
     fig.savefig(path, dpi=100)
 
 
-__all__ = ["WeightDistributionMonitor", "save_histogram_figure"]
+__all__ = ["WeightDistributionMonitor"]

@@ -134,7 +134,8 @@ def sign_consistency(
     if not total:
         raise ValueError(
             f"{type(x).__name__} has no weight layer for weight_getter={weight_getter!r}: "
-            "pass a module with Linear/Conv/Dale layers or a weight_getter that finds its weights."
+            "pass a module with Linear/Conv layers (parametrised or not) or a weight_getter "
+            "that finds its weights."
         )
     return consistent / total
 

@@ -10,18 +10,17 @@ from collections.abc import Callable, Iterator
 
 from torch import Tensor, nn
 
-from ..nn import DaleConv2d, DaleLinear, KWinnersTakeAll, SoftWinnerTakeAll
+from ..nn import KWinnersTakeAll, SoftWinnerTakeAll
 
 WeightGetter = Callable[[nn.Module], "Tensor | None"]
 
 #: Modules whose ``.weight`` is a synaptic matrix ``(out, in, *kernel)`` (``(in, out, ...)``
-#: for transposed convolutions).
+#: for transposed convolutions).  Parametrised layers (Dale's law by ``dale_``) are these
+#: types too: ``torch.nn.utils.parametrize`` keeps the class a subclass.
 WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Bilinear,
     nn.modules.conv._ConvNd,
-    DaleLinear,
-    DaleConv2d,
 )
 
 #: Elementwise non-linearities whose output is the "activity" of the layer before them.
@@ -52,9 +51,10 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
 def default_weight_getter(module: nn.Module) -> Tensor | None:
     """The effective weight of a known weight layer, else ``None``.
 
-    Reading ``module.weight`` gives Dale layers' effective ``sign * exp(log_weight)`` and
-    plain layers' parameter alike.  Bilinear weights ``(out, in1, in2)`` count ``in1`` as
-    the presynaptic units.
+    Reading ``module.weight`` gives a parametrised layer's effective weight (``sign ⊙ exp(θ)``
+    under Dale's law) and a plain layer's parameter alike: the metrics measure the weight
+    the forward pass uses, whatever produced it.  Bilinear weights ``(out, in1, in2)`` count
+    ``in1`` as the presynaptic units.
     """
     if not isinstance(module, WEIGHT_LAYER_TYPES):
         return None
@@ -82,9 +82,9 @@ def unit_dim(module: nn.Module) -> int | None:
     Linear layers put features last (``(..., features)``); convolutions put channels on
     dim 1.  Activations return ``None``: their outputs follow the layer before them.
     """
-    if isinstance(module, (nn.Linear, nn.Bilinear, DaleLinear)):
+    if isinstance(module, (nn.Linear, nn.Bilinear)):
         return -1
-    if isinstance(module, (nn.modules.conv._ConvNd, DaleConv2d)):
+    if isinstance(module, nn.modules.conv._ConvNd):
         return 1
     if isinstance(module, KWinnersTakeAll):
         return module.dim
@@ -113,6 +113,5 @@ __all__ = [
     "default_weight_getter",
     "named_weights",
     "presynaptic_layout",
-    "type_names",
     "unit_dim",
 ]

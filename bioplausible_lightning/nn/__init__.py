@@ -1,7 +1,9 @@
 """Plain-torch building blocks (no Lightning import)."""
 
 from .activations import KWinnersTakeAll, RectifiedPower, SoftWinnerTakeAll, Triangle
-from .dale import DaleConv2d, DaleLinear
+from .dale import DaleConv2d as DaleConv2d  # deprecated factories: importable, unlisted
+from .dale import DaleExp, dale_
+from .dale import DaleLinear as DaleLinear
 from .lebesgue import LebesguePower, lebesgue_
 from .models import BioConvNet, BioMLP, InputNormalization
 from .peers import HebbianMLP, SoftHebbConvNet
@@ -9,8 +11,7 @@ from .peers import HebbianMLP, SoftHebbConvNet
 __all__ = [
     "BioConvNet",
     "BioMLP",
-    "DaleConv2d",
-    "DaleLinear",
+    "DaleExp",
     "HebbianMLP",
     "InputNormalization",
     "KWinnersTakeAll",
@@ -19,5 +20,6 @@ __all__ = [
     "SoftHebbConvNet",
     "SoftWinnerTakeAll",
     "Triangle",
+    "dale_",
     "lebesgue_",
 ]

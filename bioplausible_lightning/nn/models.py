@@ -1,5 +1,6 @@
-"""Small model factories built from Dale layers.  Any ``nn.Module`` works with the rules;
-these exist so that one command gives a biologically constrained network."""
+"""Small model factories under Dale's law (:func:`~bioplausible_lightning.dale_`).  Any
+``nn.Module`` works with the rules; these exist so that one command gives a biologically
+constrained network."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from .._replicas import user_shape
 from .activations import KWinnersTakeAll
-from .dale import DaleConv2d, DaleLinear, Parametrization
+from .dale import Parametrization, dale_
 
 
 class InputNormalization(nn.Module):
@@ -57,26 +58,25 @@ def _dense_stack(
     sizes: Sequence[int],
     dale: bool,
     sparsity: float,
-    inhibitory_fraction: float,
-    parametrization: Parametrization,
-    init_sigma: float,
-    generator: torch.Generator | None,
     activation: nn.Module | None = None,
 ) -> list[nn.Module]:
-    """Fully connected layers ``sizes[0] → … → sizes[-1]``, an activation between each pair."""
+    """Fully connected layers ``sizes[0] → … → sizes[-1]``, an activation between each pair.
+
+    With ``dale=True`` the layers are left uninitialised (``skip_init``: no random numbers
+    drawn) for :func:`dale_` to initialise, so the model draws exactly what 0.1.0's Dale
+    layers drew.
+    """
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        if dale:
-            layers.append(
-                DaleLinear(n_in, n_out, inhibitory_fraction=inhibitory_fraction,
-                           parametrization=parametrization, init_sigma=init_sigma,
-                           generator=generator)
-            )  # fmt: skip
-        else:
-            layers.append(nn.Linear(n_in, n_out))
+        layers.append(_layer(dale, nn.Linear, n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(_activation(sparsity, activation))
     return layers
+
+
+def _layer(dale: bool, cls: type[nn.Module], *args: int, **kwargs: int) -> nn.Module:
+    """``cls(*args, **kwargs)``; uninitialised when :func:`dale_` will initialise it."""
+    return nn.utils.skip_init(cls, *args, **kwargs) if dale else cls(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -96,7 +96,7 @@ def _check_positive_ints(name: str, values: Sequence[int]) -> None:
 
 
 class BioMLP(nn.Module):
-    """Multi-layer perceptron of :class:`DaleLinear` layers with optional k-WTA sparsity.
+    """Multi-layer perceptron under Dale's law (:func:`dale_`) with optional k-WTA sparsity.
 
     Args:
         input_shape: Shape of one input sample, e.g. ``(1, 28, 28)``; flat inputs are accepted.
@@ -105,7 +105,8 @@ class BioMLP(nn.Module):
         inhibitory_fraction: Fraction of inhibitory presynaptic units per layer, in [0, 1).
         parametrization: ``"exp"`` (Dale's law by construction) or ``"plain"``.
         sparsity: Fraction of hidden units silenced by k-WTA; 0 uses a plain ReLU.
-        dale: Use Dale layers (True) or ``nn.Linear`` (False, for ablations).
+        dale: Put the ``nn.Linear`` layers under Dale's law (True) or keep torch's default
+            layers (False, for ablations).
         init_sigma: Standard deviation of the lognormal initialisation's ``log|w|``.
         input_mean: Normalisation mean (scalar or per channel) for [0, 1] inputs.
         input_std: Normalisation std (scalar or per channel).
@@ -138,10 +139,10 @@ class BioMLP(nn.Module):
         self.normalize = InputNormalization(input_mean, input_std)
         sizes = [math.prod(self.input_shape), *[int(h) for h in hidden_sizes], num_classes]
         with _seeded(seed):  # plain torch layers draw their default init from the global RNG
-            self.layers = nn.Sequential(
-                *_dense_stack(sizes, dale, sparsity, inhibitory_fraction, parametrization,
-                              init_sigma, generator, activation)
-            )  # fmt: skip
+            self.layers = nn.Sequential(*_dense_stack(sizes, dale, sparsity, activation))
+            if dale:
+                dale_(self.layers, inhibitory_fraction, parametrization=parametrization,
+                      init_sigma=init_sigma, generator=generator)  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.normalize(_check_input(x, self.input_shape, type(self).__name__))
@@ -149,8 +150,8 @@ class BioMLP(nn.Module):
 
 
 class BioConvNet(nn.Module):
-    """Convolutional network of :class:`DaleConv2d` blocks (conv → activation → 2×2 max-pool),
-    then a Dale hidden layer and a Dale readout.
+    """Convolutional network of conv → activation → 2×2 max-pool blocks, then a hidden layer
+    and a readout, all under Dale's law (:func:`dale_`; one sign per input channel).
 
     Args:
         input_shape: ``(C, H, W)`` of one sample.
@@ -160,7 +161,7 @@ class BioConvNet(nn.Module):
         inhibitory_fraction: Fraction of inhibitory presynaptic units per layer, in [0, 1).
         parametrization: ``"exp"`` (Dale's law by construction) or ``"plain"``.
         sparsity: Fraction of units silenced by k-WTA; 0 uses a plain ReLU.
-        dale: Use Dale layers (True) or standard torch layers (False).
+        dale: Put every layer under Dale's law (True) or keep torch's default layers (False).
         init_sigma: Standard deviation of the lognormal initialisation's ``log|w|``.
         input_mean: Normalisation mean (scalar or per channel).
         input_std: Normalisation std (scalar or per channel).
@@ -197,23 +198,18 @@ class BioConvNet(nn.Module):
         features: list[nn.Module] = []
         with _seeded(seed):
             for out_c in channels:
-                if dale:
-                    features.append(
-                        DaleConv2d(c, out_c, 3, padding=1, inhibitory_fraction=inhibitory_fraction,
-                                   parametrization=parametrization, init_sigma=init_sigma,
-                                   generator=generator)
-                    )  # fmt: skip
-                else:
-                    features.append(nn.Conv2d(c, out_c, 3, padding=1))
-                features += [_activation(sparsity, activation), nn.MaxPool2d(2)]
+                features += [_layer(dale, nn.Conv2d, c, out_c, 3, padding=1),
+                             _activation(sparsity, activation), nn.MaxPool2d(2)]
                 c, h, w = out_c, h // 2, w // 2
             self.features = nn.Sequential(*features)
             sizes = [c * h * w] + ([hidden_size] if hidden_size > 0 else []) + [num_classes]
             self.head = nn.Sequential(
                 nn.Flatten(),
-                *_dense_stack(sizes, dale, sparsity, inhibitory_fraction, parametrization,
-                              init_sigma, generator, activation),
-            )  # fmt: skip
+                *_dense_stack(sizes, dale, sparsity, activation),
+            )
+            if dale:  # convolutions first, then the head: 0.1.0's order of random draws
+                dale_(self, inhibitory_fraction, parametrization=parametrization,
+                      init_sigma=init_sigma, generator=generator)  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.normalize(_check_input(x, self.input_shape, type(self).__name__))

@@ -50,7 +50,8 @@ class PerturbationRule(LearningRule):
             two passes — or ``"forward"`` — (f(+σz) − f(0)) / σ.
         noise: ``"gaussian"`` or ``"rademacher"`` (±1: cheaper to draw, same variance).
         layers: Optional ``fnmatch`` patterns of module names to train; default all
-            supported layers (Linear, Conv2d, DaleLinear, DaleConv2d).
+            supported layers (``nn.Linear``, ``nn.Conv2d``; parametrised ones
+            too, e.g. under Dale's law).
         seed: Seed of the rule's own generator (its state is saved in checkpoints).
         replicate_at: Where the batch is replicated: at the model's ``"input"`` (default,
             works for every model), or at the input of the ``"first_target"`` layer that

@@ -1,4 +1,13 @@
-"""Which layers a rule can train, and how an estimate reaches their parameters' ``.grad``."""
+"""Which layers a rule can train, and how an estimate reaches their parameters' ``.grad``.
+
+The one interface between rules and parametrised weights (``torch.nn.utils.parametrize``,
+e.g. Dale's law by :func:`~bioplausible_lightning.dale_`): a rule reads the effective
+``module.weight``, estimates ``dL/d(module.weight)``, and hands it to
+:func:`accumulate_weight_grad`, which maps it onto the trainable tensor
+(:func:`weight_param`) through each parametrisation's own local chain rule,
+``weight_grad_to_original(original, grad_weight) -> grad_original``.  A parametrisation
+only has to offer that method to be trainable by every rule.
+"""
 
 from __future__ import annotations
 
@@ -6,51 +15,112 @@ import warnings
 from collections.abc import Sequence
 from fnmatch import fnmatch
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..nn.dale import DaleConv2d, DaleLinear, _accumulate
+from ..nn.dale import DaleExp
 
-SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, DaleLinear, DaleConv2d)
+SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+#: The method a weight parametrisation must have for a rule to train through it.
+CHAIN_RULE_METHOD = "weight_grad_to_original"
 
 
 def is_conv(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Conv2d, DaleConv2d))
+    return isinstance(module, nn.Conv2d)
 
 
-def weight_param(module: nn.Module) -> nn.Parameter:
-    """The trainable tensor behind ``module.weight``."""
-    if isinstance(module, (DaleLinear, DaleConv2d)):
-        return module.weight_parameter
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
-    return module.weight
+def weight_parametrizations(module: nn.Module) -> list[nn.Module]:
+    """The parametrisations on ``module.weight``, innermost first (empty when unparametrised)."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return []
+    return list(module.parametrizations.weight)
+
+
+def is_weight_parametrized(module: nn.Module) -> bool:
+    """Whether ``module.weight`` is computed from another tensor (:func:`weight_param`)."""
+    return parametrize.is_parametrized(module, "weight")
+
+
+def weight_param(module: nn.Module) -> Tensor:
+    """The trainable tensor behind ``module.weight``.
+
+    ``module.parametrizations.weight.original`` for a parametrised weight (any
+    parametrisation, ours or not), else ``module.weight`` itself.
+    """
+    if not parametrize.is_parametrized(module, "weight"):
+        return module.weight
+    chain = module.parametrizations.weight
+    if not chain.is_tensor:
+        raise ValueError(
+            f"{type(module).__name__}: its weight is parametrised by {chain.ntensors} original "
+            "tensors (a right_inverse returning a sequence); the rules train one tensor per "
+            "weight."
+        )
+    return chain.original
 
 
 def is_exp_dale(module: nn.Module) -> bool:
-    return isinstance(module, (DaleLinear, DaleConv2d)) and module.parametrization == "exp"
+    """Whether ``module.weight`` is exactly ``sign ⊙ exp(original)`` (one :class:`DaleExp`):
+    then multiplicative weight perturbation perturbs the log-magnitudes ``original``."""
+    chain = weight_parametrizations(module)
+    return len(chain) == 1 and isinstance(chain[0], DaleExp)
 
 
+def check_trainable_weight(module: nn.Module, name: str, rule_name: str) -> None:
+    """Raise if a rule cannot map ``dL/d(module.weight)`` onto :func:`weight_param`.
+
+    Every parametrisation on the weight must offer :data:`CHAIN_RULE_METHOD`; without it a
+    rule could only write the effective weight's gradient into the original, which is a
+    wrong gradient, so it is refused here, before any estimate.
+    """
+    missing = [type(p).__name__ for p in weight_parametrizations(module)
+               if not callable(getattr(p, CHAIN_RULE_METHOD, None))]  # fmt: skip
+    if missing:
+        raise TypeError(
+            f"{rule_name}: layer {name!r} has a weight parametrisation without a "
+            f"`{CHAIN_RULE_METHOD}(original, grad_weight)` method ({missing}), so a rule's "
+            "estimate of dL/dW cannot be mapped onto the trainable original tensor. Add that "
+            "method (the local chain rule: the vector-Jacobian product of the "
+            "parametrisation), or leave the layer out with `layers=[...]`."
+        )
+    weight_param(module)  # refuses multi-tensor originals
+
+
+@torch.no_grad()
 def accumulate_weight_grad(module: nn.Module, grad_weight: Tensor) -> None:
-    """Add an estimate of ``dL/d(effective weight)`` to the module's weight parameter grad."""
-    if isinstance(module, (DaleLinear, DaleConv2d)):
-        module.accumulate_weight_grad(grad_weight)
-    elif parametrize.is_parametrized(module, "weight"):
-        chain = module.parametrizations.weight
-        if len(chain) != 1 or not hasattr(chain[0], "weight_grad_to_original"):
-            raise ValueError(
-                f"{type(chain[0]).__name__}: a rule can train a parametrised weight only "
-                "through one parametrisation with a `weight_grad_to_original(original, "
-                "grad_weight)` method (the local chain rule); this one has none."
-            )
-        original = chain.original
-        _accumulate(original, chain[0].weight_grad_to_original(original, grad_weight))
-    else:
+    """Add an estimate of ``dL/d(module.weight)`` into ``weight_param(module).grad``.
+
+    For a parametrised weight ``W = p_n(… p_1(θ))`` the estimate is pulled back through
+    each parametrisation's ``weight_grad_to_original`` (last one first), so ``θ.grad``
+    receives ``dL/dθ``; an unparametrised weight receives ``grad_weight`` as it is.
+    """
+    chain = weight_parametrizations(module)
+    if not chain:
         _accumulate(module.weight, grad_weight)
+        return
+    check_trainable_weight(module, type(module).__name__, "accumulate_weight_grad")
+    original = weight_param(module)
+    inputs = [original]
+    for p in chain[:-1]:  # each parametrisation's input, for its chain rule
+        inputs.append(p(inputs[-1]))
+    grad = grad_weight
+    for p, x in zip(reversed(chain), reversed(inputs)):
+        grad = getattr(p, CHAIN_RULE_METHOD)(x, grad)
+    _accumulate(original, grad)
 
 
 def accumulate_param_grad(param: Tensor, grad: Tensor) -> None:
     _accumulate(param, grad)
+
+
+def _accumulate(param: Tensor, grad: Tensor) -> None:
+    """``param.grad += grad``, like autograd does; ``grad`` must be a fresh tensor (it is
+    adopted without a copy when ``param.grad`` is None)."""
+    if param.grad is None:
+        param.grad = grad.detach().to(param.dtype).view(param.shape)
+    else:
+        param.grad.add_(grad.view(param.shape).to(param.grad.dtype))
 
 
 def find_target_layers(
@@ -79,6 +149,7 @@ def find_target_layers(
             continue
         if getattr(module, "groups", 1) != 1:
             raise ValueError(f"{rule_name}: layer {name!r} uses groups != 1, which is unsupported.")
+        check_trainable_weight(module, name, rule_name)
         targets.append((name, module))
     if not targets:
         searched = ", ".join(t.__name__ for t in SUPPORTED_LAYERS)

@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ..losses import PerSampleLoss
 from .base import (
@@ -45,6 +46,7 @@ from .layers import (
     accumulate_weight_grad,
     is_conv,
     is_exp_dale,
+    is_weight_parametrized,
     weight_param,
 )
 from .rule import RuleOutput
@@ -180,7 +182,7 @@ class WeightPerturbation(PerturbationRule):
             return hook
 
         hooks = {module: make_hook(i, name) for i, (name, module) in enumerate(layers)}
-        with self.hooked(hooks):
+        with self.hooked(hooks), parametrize.cached():  # one W = sign ⊙ exp(θ) per layer
             losses, logits = self.replicated_losses(model, loss_fn, inputs, targets, replicas)
         self.check_ran(layers, seen)
         loss, mean_logits = self.summarize(losses, logits)
@@ -212,7 +214,7 @@ class WeightPerturbation(PerturbationRule):
         if self.structure == "lowrank" and not self._multiplicative(module):
             out.add_(self._lowrank_delta(module, xs, factors, direction, sign), alpha=self.sigma)
             return
-        weight = module.weight if self._multiplicative(module) else None  # exp(θ) once
+        weight = module.weight if self._multiplicative(module) else None  # cached: no recompute
         for k in range(self.num_directions):
             rows = torch.nonzero((direction == k) & (sign != 0)).flatten()
             p = self._direction(module, factors, k, gen)
@@ -251,7 +253,7 @@ class WeightPerturbation(PerturbationRule):
             u = (factors["u"] * (coeff / math.sqrt(self.rank)).view(-1, 1, 1)).transpose(0, 1)
             u = u.reshape(param.shape[0], -1)
             v = factors["v"].transpose(0, 1).reshape(-1, u.shape[1])
-            if (multiplicative or not is_exp_dale(module)) and param.grad is not None:
+            if (multiplicative or not is_weight_parametrized(module)) and param.grad is not None:
                 _add_outer_products(param.grad.view(param.shape[0], -1), u, v)  # in place
                 return
             grad = _add_outer_products(None, u, v).view(param.shape)
