@@ -57,13 +57,14 @@ def label_free_seconds(config: str, data_dir: str) -> tuple[float, int, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist-5k"))
-    p.add_argument("--presets", default=",".join(PRESETS), help="comma list of " + ",".join(PRESETS))
+    names = ",".join(PRESETS)
+    p.add_argument("--presets", default=names, help=f"comma list of {names}")
     args = p.parse_args()
     if not Path(args.data_dir, "MNIST").is_dir():
         print(f"skipped: no MNIST under {args.data_dir}")
         return
     torch.set_num_threads(1)
-    print("| preset | label-free updates | epochs | this package, 1 thread | peer, 1 thread | ratio |")
+    print("| preset | label-free updates | epochs | this package | peer | ratio |")
     print("|---|---|---|---|---|---|")
     for name in args.presets.split(","):
         config, peer = PRESETS[name]

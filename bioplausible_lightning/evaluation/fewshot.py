@@ -146,7 +146,11 @@ def nearest_prototype_accuracy(
 
 def default_feature_layer(model: nn.Module) -> str:
     """Name of the model's last leaf module with parameters (its readout layer)."""
-    names = [n for n, m in model.named_modules() if n and not list(m.children())]
+    # a parametrised layer (e.g. under Dale's law) is a leaf too: its only child is the
+    # `parametrizations` container, whose modules are not layers
+    names = [n for n, m in model.named_modules()
+             if n and "parametrizations" not in n.split(".")
+             and all(c == "parametrizations" for c, _ in m.named_children())]  # fmt: skip
     names = [n for n in names if any(True for _ in model.get_submodule(n).parameters())]
     if not names:
         raise ValueError("The model has no layer with parameters to take features from.")
