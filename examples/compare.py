@@ -26,7 +26,7 @@ import shlex
 import sys
 from fractions import Fraction
 
-from bioplausible_lightning.evaluation.learners import DEFAULT_LEARNERS, Learner
+from bioplausible_lightning.evaluation.learners import DEFAULT_LEARNERS, PEER_LEARNERS, Learner
 from bioplausible_lightning.evaluation.report import (
     SECTIONS,
     full_config,
@@ -70,6 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="NAME=CONFIG.yaml [ARGS] (repeat; replaces the default learners)",
     )
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="append the Hebbian peers' presets (Krotov-Hopfield, SoftHebb) to the learners",
+    )
     p.add_argument("--reference", help="clean-gap reference and transfer source")
     p.add_argument("--reference-source", help="transfer source for the reference")
     p.add_argument("--goal-learner", help="the learner issue 7's goals are checked for")
@@ -102,8 +107,14 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = {
         k: v
         for k, v in vars(args).items()
-        if v is not None and k not in ("quick", "dataset", "data_dir", "out", "no_download")
+        if v is not None
+        and k not in ("quick", "dataset", "data_dir", "out", "no_download", "peers")
     }
+    if args.peers:
+        if args.dataset not in PEER_LEARNERS:
+            raise SystemExit(f"--peers: no peer presets for --dataset {args.dataset}")
+        base = overrides.get("learners") or list(DEFAULT_LEARNERS[args.dataset])
+        overrides["learners"] = [*base, *PEER_LEARNERS[args.dataset]]
     for key in ("attacks", "sections"):
         if key in overrides:
             overrides[key] = [s.strip() for s in overrides[key].split(",") if s.strip()]

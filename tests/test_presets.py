@@ -250,3 +250,18 @@ def test_readout_waits_for_the_label_free_stage():
         assert (readout.weight.grad is not None) == (step >= 3)
     with pytest.raises(ValueError, match="readout_start=-1"):
         HebbianPerturbation(readout_start=-1)
+
+
+def test_every_peer_learner_config_parses_and_builds_its_model():
+    from bioplausible_lightning.data import MNISTDataModule
+    from bioplausible_lightning.evaluation.learners import PEER_LEARNERS, LearnerRun
+
+    for dataset, learners in PEER_LEARNERS.items():
+        for learner in learners:
+            run = LearnerRun(learner)
+            assert run.label_free_hidden(), (dataset, learner.name)
+            rule = run.cfg.model.init_args.rule.init_args
+            assert rule.readout_start > 0, learner.name  # a label-free stage first
+    data = MNISTDataModule(data_dir="unused", download=False)
+    krotov = LearnerRun(PEER_LEARNERS["mnist"][0]).model(data, seed=0)
+    assert isinstance(krotov.layers[0].parametrizations.weight[0], LebesguePower)

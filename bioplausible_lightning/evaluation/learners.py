@@ -72,6 +72,22 @@ DEFAULT_LEARNERS: dict[str, tuple[Learner, ...]] = {
 }
 
 
+#: The Hebbian peers as presets of the package's rule (``--peers`` in ``examples/compare.py``
+#: appends them to the standard learners); Krotov–Hopfield has an MLP config only.
+PEER_LEARNERS: dict[str, tuple[Learner, ...]] = {
+    "mnist": (
+        Learner("krotov-hopfield", "examples/mnist_krotov.yaml",
+                description="Krotov & Hopfield 2019 as a preset (KrotovHopfield, HebbianMLP)"),
+        Learner("softhebb", "examples/mnist_softhebb.yaml",
+                description="SoftHebb as a preset (SoftHebb, HebbianMLP)"),
+    ),
+    "cifar10": (
+        Learner("softhebb", "examples/cifar10_softhebb.yaml",
+                description="SoftHebb conv 24-96-384 as a preset (SoftHebb, SoftHebbConvNet)"),
+    ),
+}  # fmt: skip
+
+
 @functools.lru_cache(maxsize=1)
 def config_parser() -> Any:
     """A jsonargparse parser for the CLI's config files: ``model`` is any
@@ -177,4 +193,4 @@ def _import(class_path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["DEFAULT_LEARNERS", "ROOT", "Learner", "LearnerRun", "config_parser"]
+__all__ = ["DEFAULT_LEARNERS", "PEER_LEARNERS", "ROOT", "Learner", "LearnerRun", "config_parser"]
