@@ -21,9 +21,13 @@ from torch.utils.hooks import RemovableHandle
 
 from .._replicas import replicated_forward
 from .._validation import check_choice, check_int, check_min_int, check_names, check_positive
+from ..distributed import Reducer
 from ..losses import PerSampleLoss
 from .layers import find_target_layers
 from .rule import LearningRule, PerModel
+
+#: Seeds of the per-step generators are drawn from ``[0, SEED_RANGE)``.
+SEED_RANGE = 2**62
 
 Estimator = Literal["antithetic", "forward"]
 NoiseKind = Literal["gaussian", "rademacher"]
@@ -38,6 +42,11 @@ def sample_noise(
         bits = torch.randint(0, 2, tuple(shape), generator=generator, device=like.device)
         return bits.to(like.dtype).mul_(2).sub_(1)
     return torch.randn(tuple(shape), generator=generator, device=like.device, dtype=like.dtype)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A seed for process ``rank`` derived from a shared ``seed`` (rank 0 keeps it)."""
+    return (seed + 0x9E3779B97F4A7C15 * rank) % SEED_RANGE
 
 
 class PerturbationRule(LearningRule):
@@ -147,6 +156,26 @@ class PerturbationRule(LearningRule):
                 gen.set_state(self._generator.get_state())
             self._generator = gen
         return self._generator
+
+    def step_generator(self, device: torch.device, independent: bool = True) -> torch.Generator:
+        """The generator of this step's noise.
+
+        One process: the rule's own generator, as always.  Under multi-process training with
+        ``independent=True``: a fresh generator seeded from one draw of the rule's generator
+        *and the rank*, so every process draws different noise (averaging their estimates
+        then reduces the variance) while the rule's generator itself advances identically on
+        every process — rank 0's checkpoint then resumes every rank exactly.
+        """
+        gen = self.generator(device)
+        if self._world_size == 1 or not independent:
+            return gen
+        step_seed = int(torch.randint(0, SEED_RANGE, (1,), generator=gen, device=device))
+        ranked = torch.Generator(device=device)
+        ranked.manual_seed(rank_seed(step_seed, self._rank))
+        return ranked
+
+    def synchronize(self, reducer: Reducer) -> None:
+        """Nothing to average: the generator advances identically on every process."""
 
     def state_dict(self) -> dict[str, Any]:
         """The perturbation RNG state: restoring it makes resumed runs bit-identical."""
