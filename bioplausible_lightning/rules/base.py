@@ -61,7 +61,10 @@ class PerturbationRule(LearningRule):
         layers: Optional ``fnmatch`` patterns of module names to train; default all
             supported layers (``nn.Linear``, ``nn.Conv2d``; parametrised ones
             too, e.g. under Dale's law).
-        seed: Seed of the rule's own generator (its state is saved in checkpoints).
+        seed: Seed of the rule's own generator (its state is saved in checkpoints).  Under
+            multi-process training every process holds the same generator; where
+            independent noise lowers the variance (node perturbation), each process draws
+            its noise from one draw of it and its rank (:meth:`step_generator`).
         replicate_at: Where the batch is replicated: at the model's ``"input"`` (default,
             works for every model), or at the input of the ``"first_target"`` layer that
             runs, so the layers before it run once instead of once per replica — a large
