@@ -246,22 +246,22 @@ class ClassifierModule(L.LightningModule):
         optimizers = [self.optimizers(), *self._rule_optimizers]
         k = self.accumulate_grad_batches
         loss = logits = None
-        if len(targets) == 0:  # e.g. a collate_fn that dropped every sample
-            finite, reason = False, "Empty batch"
-        else:
-            loss, logits, finite = self.compute_gradients(inputs, targets, 1.0 / k)
-            reason = f"Non-finite loss ({loss.item()})"
+        local = False  # an empty batch, e.g. a collate_fn that dropped every sample
+        if len(targets) > 0:
+            loss, logits, local = self.compute_gradients(inputs, targets, 1.0 / k)
+        finite = local
         if self.world_size > 1:
             # every process must take the same decision, or they step different numbers of
             # times and drift apart (and a DDP backward on one process alone would hang)
-            everywhere = all_processes_agree(finite, self.device)
-            if finite and not everywhere:
-                reason = "A non-finite loss or an empty batch on another process"
-            finite = everywhere
+            finite = all_processes_agree(local, self.device)
         if not finite:
             for optimizer in optimizers:
                 optimizer.zero_grad()
             self.discard_gradients()
+            if local:
+                reason = "A non-finite loss or an empty batch on another process"
+            else:
+                reason = "Empty batch" if loss is None else f"Non-finite loss ({loss.item()})"
             self._skip(reason)
             return None if loss is None else loss.detach()
         self.finish_gradients()
