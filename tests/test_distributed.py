@@ -301,5 +301,5 @@ def test_backprop_module_and_data_module_pickle():
     clone = pickle.loads(pickle.dumps(dm))
     first = next(iter(clone.train_dataloader()))[0]
     assert torch.equal(first, next(iter(dm.train_dataloader()))[0])
-    module = pickle.loads(pickle.dumps(BackpropModule(BioMLP(hidden_sizes=(8,), seed=0))))
+    module = pickle.loads(pickle.dumps(BackpropModule(nn.Sequential(nn.Linear(64, 10)))))
     assert isinstance(module, BackpropModule)
