@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from ._validation import check_callable, check_choice, check_min_int, check_positive
+from .distributed import Reducer, all_processes_agree, all_reduce_mean_
 from .dopamine import AdapterRunner, StepSizeAdapterCallable
 from .losses import PerSampleLoss, resolve_loss
 from .rules.rule import LearningRule
@@ -55,6 +56,30 @@ def eager_model(model: nn.Module) -> nn.Module:
     """The module ``torch.compile`` wrapped, else ``model``: a rule's forward hooks change
     every step, so its replicated pass runs eagerly (evaluation stays compiled)."""
     return getattr(model, "_orig_mod", model) if _is_compiled(model) else model
+
+
+def check_strategy(strategy: Any, world_size: int) -> None:
+    """Refuse a multi-process strategy that :class:`PerturbationModule` cannot train under.
+
+    Supported: Lightning's ``DDPStrategy`` (``"ddp"``, ``"ddp_spawn"``, ``"ddp_fork"``,
+    ``"ddp_notebook"``, a subclass of it), where every process holds the whole model and
+    the module averages the rule's estimates itself.  Sharding strategies (FSDP, DeepSpeed,
+    model parallel) split parameters and gradients across processes, which the rules read
+    and write whole; XLA runs its collectives outside ``torch.distributed``.
+    """
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, XLAStrategy
+
+    if isinstance(strategy, DDPStrategy) and not isinstance(
+        strategy, (DeepSpeedStrategy, XLAStrategy)
+    ):
+        return
+    raise RuntimeError(
+        f"PerturbationModule cannot train under strategy={type(strategy).__name__} with "
+        f"world_size={world_size}: the rules read and write whole parameters and gradients, "
+        "and their estimates are averaged over processes with torch.distributed. Allowed "
+        "multi-process strategies: 'ddp', 'ddp_spawn', 'ddp_fork', 'ddp_notebook' "
+        "(DDPStrategy); or train on one device (devices=1)."
+    )
 
 
 def _is_compiled(model: nn.Module) -> bool:
@@ -148,8 +173,32 @@ class ClassifierModule(L.LightningModule):
     def compute_gradients(
         self, inputs: Tensor, targets: Tensor, grad_scale: float
     ) -> tuple[Tensor, Tensor, bool]:
-        """Add gradients to ``.grad``; return ``(loss, logits, finite)``."""
+        """Measure this process's batch; return ``(loss, logits, finite)``.
+
+        A subclass adds its gradients to ``.grad`` here or, when they must wait until every
+        process found its batch finite (a ``backward()`` that DDP all-reduces), in
+        :meth:`finish_gradients`.
+        """
         raise NotImplementedError
+
+    def finish_gradients(self) -> None:
+        """Complete the gradients of the last :meth:`compute_gradients`, once every process
+        agreed that the step is taken (default: nothing left to do)."""
+
+    def discard_gradients(self) -> None:
+        """Forget the last :meth:`compute_gradients`: the step is skipped on every process
+        (the ``.grad`` buffers are zeroed by the caller)."""
+
+    def reduce_gradients(self) -> None:
+        """Make the accumulated ``.grad`` identical on every process before the optimizer
+        step (default: nothing; autograd-based DDP has already averaged them)."""
+
+    # -- processes -------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        """Processes training this module (1 without a Trainer or with one device)."""
+        trainer = self._trainer
+        return 1 if trainer is None else int(trainer.world_size)
 
     # -- forward / optimisation ----------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -196,19 +245,29 @@ class ClassifierModule(L.LightningModule):
         inputs, targets = batch
         optimizers = [self.optimizers(), *self._rule_optimizers]
         k = self.accumulate_grad_batches
-        if len(targets) == 0:  # e.g. a collate_fn that dropped every sample
-            for optimizer in optimizers:
-                optimizer.zero_grad()
-            self._skip("Empty batch")
-            return None
-        loss, logits, finite = self.compute_gradients(inputs, targets, 1.0 / k)
+        loss = logits = None
+        local = False  # an empty batch, e.g. a collate_fn that dropped every sample
+        if len(targets) > 0:
+            loss, logits, local = self.compute_gradients(inputs, targets, 1.0 / k)
+        finite = local
+        if self.world_size > 1:
+            # every process must take the same decision, or they step different numbers of
+            # times and drift apart (and a DDP backward on one process alone would hang)
+            finite = all_processes_agree(local, self.device)
         if not finite:
             for optimizer in optimizers:
                 optimizer.zero_grad()
-            self._skip(f"Non-finite loss ({loss.item()})")
-            return loss.detach()
+            self.discard_gradients()
+            if local:
+                reason = "A non-finite loss or an empty batch on another process"
+            else:
+                reason = "Empty batch" if loss is None else f"Non-finite loss ({loss.item()})"
+            self._skip(reason)
+            return None if loss is None else loss.detach()
+        self.finish_gradients()
         self.consecutive_skips = 0
         if (batch_idx + 1) % k == 0 or self.trainer.is_last_batch:
+            self.reduce_gradients()
             for optimizer in optimizers:
                 if self.gradient_clip_val is not None:
                     self.clip_gradients(
@@ -379,18 +438,26 @@ class PerturbationModule(ClassifierModule):
         self.rule = rule
         self.rule.targets(eager_model(self.model))  # fail fast on a model it cannot train
         self._adapter = AdapterRunner(step_size_adapter)
+        self._pending_rpe: Tensor | None = None
 
     @override
     def setup(self, stage: str) -> None:
-        # Lightning's DDP averages gradients inside backward(), which no rule calls: every
-        # process would train its own model on its own shard, silently.  Refuse instead.
-        if stage == "fit" and self.trainer.world_size > 1:
-            raise RuntimeError(
-                f"PerturbationModule does not synchronise its rule's estimates across "
-                f"processes yet: strategy={type(self.trainer.strategy).__name__} with "
-                f"world_size={self.trainer.world_size} would train {self.trainer.world_size} "
-                "diverging models. Train on one device (devices=1)."
-            )
+        # Lightning's DDP averages gradients inside backward(), which no rule calls: this
+        # module communicates itself (see bioplausible_lightning.distributed), which needs
+        # every process to hold the whole model; sharding strategies are refused.
+        world = self.world_size
+        if world > 1:
+            check_strategy(self.trainer.strategy, world)
+        self.rule.set_distributed(self.trainer.global_rank if world > 1 else 0, world)
+
+    @override
+    def teardown(self, stage: str) -> None:
+        self.rule.set_distributed(0, 1)  # a rule used on its own afterwards runs alone
+        self._pending_rpe = None
+
+    def synchronized_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose ``.grad`` the rule makes identical on every process itself."""
+        return self.rule.synchronized_parameters(eager_model(self.model))
 
     def own_optimizers(self) -> list[torch.optim.Optimizer]:
         model = eager_model(self.model)
@@ -413,8 +480,9 @@ class PerturbationModule(ClassifierModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
         rpe, scale = self._adapter.after_batch(self.global_step)
-        if rpe is not None:
-            self.log("train/rpe", rpe, on_step=True, on_epoch=True, batch_size=1)
+        if rpe is not None:  # averaged over the processes already: the sync is for the mean
+            self.log("train/rpe", rpe, on_step=True, on_epoch=True, batch_size=1,
+                     sync_dist=self.world_size > 1)  # fmt: skip
         if scale is not None:
             self.log("train/step_size_scale", scale, on_step=True, on_epoch=False)
 
@@ -423,9 +491,42 @@ class PerturbationModule(ClassifierModule):
     ) -> tuple[Tensor, Tensor, bool]:
         model = eager_model(self.model)
         out = self.rule.estimate(model, self.loss_fn, inputs, targets, grad_scale)
-        if out.finite:
-            self._adapter.record(out.rpe)
+        self._pending_rpe = out.rpe if out.finite else None
         return out.loss, out.logits, out.finite
+
+    def finish_gradients(self) -> None:
+        """Under DDP: average the rule's scalars and state over the processes (one small
+        all-reduce; seed-shared weight perturbation writes its update here); then hand
+        the reward prediction error to the step-size adapter."""
+        rpe, self._pending_rpe = self._pending_rpe, None
+        if self.world_size > 1:
+            reducer = Reducer(self.world_size)
+            if rpe is not None:
+                rpe = rpe.detach().clone()
+                reducer.mean([rpe])
+            self.rule.synchronize(reducer)
+            reducer.run()
+        self._adapter.record(rpe)
+
+    def discard_gradients(self) -> None:
+        """The step is skipped everywhere.  Under DDP, processes that did measure their batch
+        have advanced the rule's state (its generator, the Hebbian thresholds) while others
+        did not: rank 0's state is broadcast to all, so they stay identical (a rare path)."""
+        self._pending_rpe = None
+        if self.world_size > 1:
+            state = self.trainer.strategy.broadcast(self.rule.state_dict(), src=0)
+            self.rule.load_state_dict(state)
+
+    def reduce_gradients(self) -> None:
+        """Under DDP: average the accumulated ``.grad`` of every parameter whose update
+        depends on the process's data, in buckets (one all-reduce per ~25 MB), before the
+        optimizers step; seed-shared parameters are identical already and left out."""
+        if self.world_size == 1:
+            return
+        shared = {id(p) for p in self.synchronized_parameters()}
+        grads = [p.grad for p in self.model.parameters()
+                 if p.grad is not None and id(p) not in shared]  # fmt: skip
+        all_reduce_mean_(grads, self.world_size)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -463,13 +564,25 @@ class BackpropModule(ClassifierModule):
     Takes :class:`ClassifierModule`'s arguments (``PerturbationModule``'s minus ``rule``).
     """
 
+    _pending_loss: Tensor | None = None  # the loss whose backward() waits for every process
+
     def compute_gradients(
         self, inputs: Tensor, targets: Tensor, grad_scale: float
     ) -> tuple[Tensor, Tensor, bool]:
+        """The forward pass; ``backward()`` runs in :meth:`finish_gradients`, once every
+        process found its loss finite (under DDP, a backward on some processes only would
+        wait forever for the others' gradients)."""
         logits = self.model(inputs)
         loss = self.loss_fn(logits, targets).mean()
         finite = bool(torch.isfinite(loss))
-        if finite:
-            self.manual_backward(loss * grad_scale)
+        self._pending_loss = loss * grad_scale if finite else None
         return loss.detach(), logits.detach(), finite
+
+    def finish_gradients(self) -> None:
+        loss, self._pending_loss = self._pending_loss, None
+        if loss is not None:
+            self.manual_backward(loss)  # DDP all-reduces the gradients in here
+
+    def discard_gradients(self) -> None:
+        self._pending_loss = None
 

@@ -387,14 +387,3 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(tmp_path, where):
         resumed = fit(ckpt_path=str(path))
     a, b = _params(straight), _params(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_multi_process_fit_is_refused_instead_of_training_diverging_models():
-    from types import SimpleNamespace
-
-    module = _module()
-    module._trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace())
-    with pytest.raises(RuntimeError, match="world_size=2 would train 2 diverging models"):
-        module.setup("fit")
-    module._trainer = SimpleNamespace(world_size=1, strategy=SimpleNamespace())
-    module.setup("fit")  # one process: fine

@@ -6,6 +6,7 @@ from .digits import DigitsDataModule, load_digits_tensors
 from .mnist import MNISTDataModule, UInt8ImageDataset
 from .preloaded import PreloadedDataModule, dataset_labels
 from .sampling import (
+    DistributedEpochSeededSampler,
     EpochSeededSampler,
     ResumableDataLoader,
     samples_per_class_subset,
@@ -15,6 +16,7 @@ from .sampling import (
 __all__ = [
     "CIFAR10DataModule",
     "DigitsDataModule",
+    "DistributedEpochSeededSampler",
     "EpochSeededSampler",
     "ImageFolderDataModule",
     "MNISTDataModule",

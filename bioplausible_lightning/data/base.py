@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .._validation import check_int, check_min_int, is_number
 from .sampling import (
+    DistributedEpochSeededSampler,
     EpochSeededSampler,
     ResumableDataLoader,
     batches_done,
@@ -92,9 +93,17 @@ class SplitDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled by ``(seed, epoch)``; its position within the epoch is checkpointed, so a
-        run resumes exactly, mid-epoch included (:class:`ResumableDataLoader`)."""
+        run resumes exactly, mid-epoch included (:class:`ResumableDataLoader`).  Under a
+        multi-process Trainer every process gets its own shard of that order
+        (:class:`DistributedEpochSeededSampler`), resumable alike."""
         assert self.train_set is not None, "call setup() first"
-        sampler = EpochSeededSampler(len(self.train_set), self.seed)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            sampler: EpochSeededSampler = DistributedEpochSeededSampler(
+                len(self.train_set), trainer.world_size, trainer.global_rank, self.seed
+            )
+        else:
+            sampler = EpochSeededSampler(len(self.train_set), self.seed)
         loader = self._loader(self.train_set, sampler, ResumableDataLoader)
         loader.progress = lambda: batches_done(self.trainer)
         return loader

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 
 def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -73,9 +73,13 @@ class EpochSeededSampler(Sampler[int]):
         """Skip the first ``samples_done`` indices of ``epoch``'s permutation, once."""
         self._resume = (epoch, samples_done) if samples_done > 0 else None
 
-    def __iter__(self) -> Iterator[int]:
+    def epoch_order(self) -> list[int]:
+        """This epoch's indices, in the order this sampler yields them (before resuming)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        return torch.randperm(self.num_samples, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.epoch_order()
         resume, self._resume = self._resume, None
         if resume is not None and resume[0] == self.epoch:
             order = order[resume[1] :]
@@ -83,6 +87,44 @@ class EpochSeededSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class DistributedEpochSeededSampler(EpochSeededSampler, DistributedSampler):
+    """:class:`EpochSeededSampler`'s permutation, sharded over ``num_replicas`` processes.
+
+    Every process draws the same ``(seed, epoch)`` permutation, pads it to a multiple of
+    ``num_replicas`` with its first indices and keeps every ``num_replicas``-th index from
+    ``rank`` on, as ``DistributedSampler`` does: the shards are disjoint (up to the padding)
+    and equally long, so every process takes the same number of steps.  At step ``i`` the
+    processes together hold the ``i``-th global batch of one process with
+    ``batch_size × num_replicas``.  Being a ``DistributedSampler``, Lightning leaves it (and
+    the :class:`ResumableDataLoader` around it, whose saved position then resumes every
+    process mid-epoch) in place instead of wrapping it in one of its own.
+    """
+
+    def __init__(self, num_samples: int, num_replicas: int, rank: int, seed: int = 0) -> None:
+        if not isinstance(num_replicas, int) or num_replicas < 1:
+            raise ValueError(f"num_replicas={num_replicas!r} is invalid: it must be an int >= 1.")
+        if not isinstance(rank, int) or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"rank={rank!r} is invalid: allowed is an int in [0, num_replicas={num_replicas})."
+            )
+        EpochSeededSampler.__init__(self, num_samples, seed)
+        # what DistributedSampler's users read (Lightning: ``shuffle``)
+        self.num_replicas, self.rank = num_replicas, rank
+        self.shuffle, self.drop_last = True, False
+        self.total_size = -(-num_samples // num_replicas) * num_replicas
+
+    def epoch_order(self) -> list[int]:
+        order = super().epoch_order()
+        if not order:
+            return order
+        while len(order) < self.total_size:
+            order += order[: self.total_size - len(order)]
+        return order[self.rank : self.total_size : self.num_replicas]
+
+    def __len__(self) -> int:
+        return self.total_size // self.num_replicas
 
 
 class ResumableDataLoader(DataLoader):

@@ -21,9 +21,13 @@ from torch.utils.hooks import RemovableHandle
 
 from .._replicas import replicated_forward
 from .._validation import check_choice, check_int, check_min_int, check_names, check_positive
+from ..distributed import Reducer
 from ..losses import PerSampleLoss
 from .layers import find_target_layers
 from .rule import LearningRule, PerModel
+
+#: Seeds of the per-step generators are drawn from ``[0, SEED_RANGE)``.
+SEED_RANGE = 2**62
 
 Estimator = Literal["antithetic", "forward"]
 NoiseKind = Literal["gaussian", "rademacher"]
@@ -40,6 +44,11 @@ def sample_noise(
     return torch.randn(tuple(shape), generator=generator, device=like.device, dtype=like.dtype)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """A seed for process ``rank`` derived from a shared ``seed`` (rank 0 keeps it)."""
+    return (seed + 0x9E3779B97F4A7C15 * rank) % SEED_RANGE
+
+
 class PerturbationRule(LearningRule):
     """Base class: replicate, perturb through hooks, measure per-sample losses, estimate.
 
@@ -52,7 +61,10 @@ class PerturbationRule(LearningRule):
         layers: Optional ``fnmatch`` patterns of module names to train; default all
             supported layers (``nn.Linear``, ``nn.Conv2d``; parametrised ones
             too, e.g. under Dale's law).
-        seed: Seed of the rule's own generator (its state is saved in checkpoints).
+        seed: Seed of the rule's own generator (its state is saved in checkpoints).  Under
+            multi-process training every process holds the same generator; where
+            independent noise lowers the variance (node perturbation), each process draws
+            its noise from one draw of it and its rank (:meth:`step_generator`).
         replicate_at: Where the batch is replicated: at the model's ``"input"`` (default,
             works for every model), or at the input of the ``"first_target"`` layer that
             runs, so the layers before it run once instead of once per replica — a large
@@ -147,6 +159,26 @@ class PerturbationRule(LearningRule):
                 gen.set_state(self._generator.get_state())
             self._generator = gen
         return self._generator
+
+    def step_generator(self, device: torch.device, independent: bool = True) -> torch.Generator:
+        """The generator of this step's noise.
+
+        One process: the rule's own generator, as always.  Under multi-process training with
+        ``independent=True``: a fresh generator seeded from one draw of the rule's generator
+        *and the rank*, so every process draws different noise (averaging their estimates
+        then reduces the variance) while the rule's generator itself advances identically on
+        every process — rank 0's checkpoint then resumes every rank exactly.
+        """
+        gen = self.generator(device)
+        if self._world_size == 1 or not independent:
+            return gen
+        step_seed = int(torch.randint(0, SEED_RANGE, (1,), generator=gen, device=device))
+        ranked = torch.Generator(device=device)
+        ranked.manual_seed(rank_seed(step_seed, self._rank))
+        return ranked
+
+    def synchronize(self, reducer: Reducer) -> None:
+        """Nothing to average: the generator advances identically on every process."""
 
     def state_dict(self) -> dict[str, Any]:
         """The perturbation RNG state: restoring it makes resumed runs bit-identical."""

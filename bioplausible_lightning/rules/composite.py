@@ -15,6 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .._validation import check_min_int, check_names
+from ..distributed import Reducer
 from ..losses import PerSampleLoss
 from .base import PerturbationRule
 from .hebbian import CompetitiveHebbian
@@ -81,6 +82,19 @@ class CompositeRule(LearningRule):
 
     def own_optimizers(self, model: nn.Module) -> list[OwnOptimizer]:
         return [opt for rule in self.parts(model) for opt in rule.own_optimizers(model)]
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        super().set_distributed(rank, world_size)
+        for rule in self.rules:
+            rule.set_distributed(rank, world_size)
+
+    def synchronize(self, reducer: Reducer) -> None:
+        """Each part synchronises its own state (in the same order on every process)."""
+        for rule in self.rules:
+            rule.synchronize(reducer)
+
+    def synchronized_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return [p for rule in self.parts(model) for p in rule.synchronized_parameters(model)]
 
     def state_dict(self) -> dict[str, Any]:
         return {"parts": [rule.state_dict() for rule in self.rules]}

@@ -81,7 +81,7 @@ class NodePerturbation(PerturbationRule):
         block = self.replicas_per_block
         num_blocks = len(layers) if self.layerwise else 1
         replicas = block * num_blocks
-        generator = self.generator(inputs.device)
+        generator = self.step_generator(inputs.device)  # independent across processes
         direction, sign = self.replica_signs(inputs.device, inputs.dtype)
         records: dict[int, tuple[Tensor, Tensor]] = {}
         order: list[int | None] = []  # target indices as their hooks fire; None: a BatchNorm

@@ -18,6 +18,8 @@ from typing import Any, Generic, TypeVar
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .._validation import check_int
+from ..distributed import Reducer, floating_tensors
 from ..losses import PerSampleLoss
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
@@ -44,6 +46,15 @@ class PerModel(Generic[T]):
         return value
 
     def clear(self) -> None:
+        self._model = self._value = None
+
+    # A weak reference cannot be pickled, and a cache is not state: a copy (``torch.save``,
+    # ``copy.deepcopy``, the process start of ``ddp_spawn``) starts empty and recomputes it
+    # for the model it is used with, instead of pointing at the original's model.
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self._model = self._value = None
 
 
@@ -82,7 +93,19 @@ class OwnOptimizer:
 
 
 class LearningRule:
-    """Base class of every rule; subclasses implement :meth:`estimate` and :meth:`targets`."""
+    """Base class of every rule; subclasses implement :meth:`estimate` and :meth:`targets`.
+
+    Multi-process training (DDP) adds three hooks, all with defaults that are right for a
+    rule whose update is a function of its process's data: :meth:`set_distributed` (the
+    module tells the rule its rank), :meth:`synchronize` (make the rule's own state
+    identical on every process after each batch) and :meth:`synchronized_parameters`
+    (parameters whose ``.grad`` the rule itself makes identical, which the module then
+    leaves out of its gradient all-reduce).
+    """
+
+    #: This process's rank and the number of processes (see :meth:`set_distributed`).
+    _rank: int = 0
+    _world_size: int = 1
 
     def targets(self, model: nn.Module, warn_unowned: bool = True) -> list[tuple[str, nn.Module]]:
         """``(name, layer)`` pairs this rule trains in ``model``; raises if there are none."""
@@ -101,6 +124,46 @@ class LearningRule:
 
     def own_optimizers(self, model: nn.Module) -> list[OwnOptimizer]:
         """Parameter groups the rule steps itself (default: none, the module's optimizer)."""
+        return []
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        """Run as process ``rank`` of ``world_size`` (``(0, 1)``: a single process).
+
+        :class:`~bioplausible_lightning.PerturbationModule` calls this in ``setup`` and resets
+        it in ``teardown``.  Perturbation rules draw noise that is independent across ranks
+        from it (a shared random stream and the rank), so averaging the ranks' estimates
+        reduces their variance, and the stream stays checkpointable by one process.
+        """
+        check_int("rank", rank)
+        check_int("world_size", world_size)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"rank={rank!r}, world_size={world_size!r} is invalid: allowed is "
+                "world_size >= 1 and 0 <= rank < world_size."
+            )
+        self._rank, self._world_size = rank, world_size
+
+    def synchronize(self, reducer: Reducer) -> None:
+        """Make the rule identical on every process after a batch that all processes found
+        finite (called under multi-process training only, on every process).
+
+        Register the tensors to average with ``reducer.mean(tensors, then=callback)`` (a
+        :class:`~bioplausible_lightning.distributed.Reducer`); the module runs one
+        all-reduce for everything registered.  The default averages every floating-point
+        tensor of :meth:`state_dict` and loads the result back: state learned from the data
+        (the Hebbian thresholds) then follows the whole global batch, as with one process.
+        Integer state must already agree (it only counts steps, which are taken on every
+        process alike).
+        """
+        state = self.state_dict()
+        tensors = floating_tensors(state)
+        if tensors:
+            reducer.mean(tensors, then=lambda: self.load_state_dict(state))
+
+    def synchronized_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Parameters whose ``.grad`` this rule makes identical on every process itself
+        (from shared random seeds and averaged scalars), so the module does not all-reduce
+        them (default: none)."""
         return []
 
     def state_dict(self) -> dict[str, Any]:

@@ -18,12 +18,22 @@ Perturbation structures (the dominant cost of a naive implementation is drawing
 layers (``W → W ⊙ exp(σP) ≈ W + σ W⊙P``) and estimates ``dL/dθ`` directly; other layers
 are perturbed additively.  ``mode="additive"`` perturbs every effective weight additively
 and maps the estimate through the parametrisation locally (``dL/dθ = dL/dW ⊙ W``).
+
+Under multi-process training (DDP) the default ``distributed="shared_seed"`` exploits what
+backprop lacks: the update is ``Σ_k c_k P_k`` with random directions ``P_k`` regenerated from
+a seed and one scalar ``c_k`` per direction.  Every process draws the same directions (the
+same seed), measures ``c_k`` on its own shard, and the processes average only the ``K``
+scalars; each then rebuilds the identical update locally.  The bytes exchanged per step do
+not depend on the model's size, and the result equals one process with the global batch
+(up to float rounding), since the global batch's loss difference is the mean of the
+shards'.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -31,14 +41,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..distributed import Reducer
 from ..losses import PerSampleLoss
 from .base import (
+    SEED_RANGE,
     Estimator,
     NoiseKind,
     PerturbationRule,
     ReplicateAt,
     check_choice,
     check_min_int,
+    rank_seed,
     sample_noise,
 )
 from .layers import (
@@ -53,7 +66,19 @@ from .rule import RuleOutput
 
 Structure = Literal["lowrank", "dense"]
 Mode = Literal["additive", "multiplicative"]
-_SEED_RANGE = 2**62
+Distributed = Literal["shared_seed", "all_reduce"]
+
+
+@dataclass
+class _PendingUpdate:
+    """An estimate measured but not yet written: under ``distributed="shared_seed"`` the
+    update is built from the coefficients averaged over the processes."""
+
+    layers: list[tuple[str, nn.Module]]
+    factors: dict[int, dict[str, Tensor]]
+    coeff: Tensor
+    step_seed: int
+    like: Tensor
 
 
 def _apply(module: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
@@ -91,6 +116,13 @@ class WeightPerturbation(PerturbationRule):
         layers: Optional ``fnmatch`` patterns of the module names to train.
         seed: Seed of the rule's generator.
         replicate_at: ``"input"`` or ``"first_target"`` (see :class:`PerturbationRule`).
+        distributed: How the processes of a multi-process run combine their estimates
+            (ignored with one process).  ``"shared_seed"`` (default): every process draws
+            the same directions and only the ``num_directions`` loss differences are
+            averaged — a few bytes per step whatever the model size; the step equals one
+            process with the global batch.  ``"all_reduce"``: every process draws its own
+            directions and the gradients are averaged like node perturbation's —
+            ``num_directions`` × processes directions per step, for ~4 bytes per parameter.
     """
 
     def __init__(
@@ -106,20 +138,24 @@ class WeightPerturbation(PerturbationRule):
         seed: int = 0,
         *,
         replicate_at: ReplicateAt = "input",
+        distributed: Distributed = "shared_seed",
     ) -> None:
         super().__init__(sigma, num_directions, estimator, noise, layers, seed,
                          replicate_at=replicate_at)  # fmt: skip
         check_choice("structure", structure, ("lowrank", "dense"))
         check_choice("mode", mode, ("additive", "multiplicative"))
         check_min_int("rank", rank, 1)
+        check_choice("distributed", distributed, ("shared_seed", "all_reduce"))
         self.structure = structure
         self.rank = rank
         self.mode = mode
+        self.distributed = distributed
+        self._pending: _PendingUpdate | None = None
 
     # -- random factors, regenerated from (step seed, layer) ----------------------------
     def _layer_generator(self, step_seed: int, index: int, device: torch.device) -> torch.Generator:
         gen = torch.Generator(device=device)
-        gen.manual_seed((step_seed + 1_000_003 * (index + 1)) % _SEED_RANGE)
+        gen.manual_seed((step_seed + 1_000_003 * (index + 1)) % SEED_RANGE)
         return gen
 
     def _factors(self, module: nn.Module, gen: torch.Generator, like: Tensor) -> dict[str, Tensor]:
@@ -156,12 +192,15 @@ class WeightPerturbation(PerturbationRule):
         targets: Tensor,
         grad_scale: float = 1.0,
     ) -> RuleOutput:
+        self._pending = None
         layers = self.targets(model)
         replicas = self.replicas_per_block
         device = inputs.device
         step_seed = int(
-            torch.randint(0, _SEED_RANGE, (1,), generator=self.generator(device), device=device)
+            torch.randint(0, SEED_RANGE, (1,), generator=self.generator(device), device=device)
         )
+        if self._world_size > 1 and self.distributed == "all_reduce":
+            step_seed = rank_seed(step_seed, self._rank)  # independent directions per process
         direction, sign = self.replica_signs(device, inputs.dtype)
         factors: dict[int, dict[str, Tensor]] = {}
         seen: set[int] = set()
@@ -191,14 +230,45 @@ class WeightPerturbation(PerturbationRule):
 
         block_losses = losses.mean(1)
         coeff = self.directional_coefficients(block_losses) * (grad_scale / self.num_directions)
-        for index, (_, module) in enumerate(layers):
-            gen = None
-            if self.structure == "dense":  # regenerate, don't store, the dense directions
-                gen = self._layer_generator(step_seed, index, device)
-                self._factors(module, gen, losses)  # replay the generator up to them
-            self._accumulate(module, factors[index], coeff, gen)
+        pending = _PendingUpdate(layers, factors, coeff, step_seed, losses)
+        if self._shares_seeds:
+            self._pending = pending  # written by synchronize(), from the averaged coeff
+        else:
+            self._write_update(pending)
         rpe = self.reward_prediction_error(block_losses)
         return RuleOutput(loss, mean_logits, finite=True, rpe=rpe)
+
+    @property
+    def _shares_seeds(self) -> bool:
+        return self._world_size > 1 and self.distributed == "shared_seed"
+
+    def _write_update(self, pending: _PendingUpdate) -> None:
+        """Add ``Σ_k coeff_k P_k`` to the target layers' ``.grad``."""
+        device = pending.like.device
+        for index, (_, module) in enumerate(pending.layers):
+            gen = None
+            if self.structure == "dense":  # regenerate, don't store, the dense directions
+                gen = self._layer_generator(pending.step_seed, index, device)
+                self._factors(module, gen, pending.like)  # replay the generator up to them
+            self._accumulate(module, pending.factors[index], pending.coeff, gen)
+
+    def synchronize(self, reducer: Reducer) -> None:
+        """``"shared_seed"``: average the per-direction coefficients, then write the update
+        (identical on every process: same directions, same averaged scalars)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            reducer.mean([pending.coeff], then=lambda: self._write_update(pending))
+
+    def synchronized_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Under ``"shared_seed"``: the target layers' parameters (rebuilt identically)."""
+        if not self._shares_seeds:
+            return []
+        params = []
+        for _, module in self.targets(model):
+            params.append(weight_param(module))
+            if module.bias is not None:
+                params.append(module.bias)
+        return params
 
     def _perturb_output(
         self, module: nn.Module, x: Tensor, output: Tensor, factors: dict[str, Tensor],

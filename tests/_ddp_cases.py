@@ -1,0 +1,200 @@
+"""Small training runs for the distributed tests, and the job that runs them under ``ddp``.
+
+``python tests/_ddp_cases.py OUT_DIR`` fits every case with Lightning's ``strategy="ddp"`` on
+2 CPU processes (gloo): Lightning re-launches this script for rank 1, so all cases share one
+process start.  After each fit every rank gathers what must be identical (parameters, the
+optimizers' learning rates, the rule's state, the skip counters); rank 0 saves, per case,
+whether the ranks agree bit for bit, the final parameters and the digits test accuracy to
+``OUT_DIR/results.pt``.  ``tests/test_distributed.py`` runs the job once and compares it with
+the same cases fitted in one process (:func:`run_case` with ``devices=1``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from bioplausible_lightning import (
+    BackpropModule,
+    BioMLP,
+    DigitsDataModule,
+    DopamineStepSize,
+    HebbianPerturbation,
+    NodePerturbation,
+    PerturbationModule,
+    WeightPerturbation,
+)
+from bioplausible_lightning.losses import cross_entropy
+
+#: The global batch: 2 processes x 32, or 1 process x 64.
+GLOBAL_BATCH = 64
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+class _NanOnRankOne:
+    """Cross-entropy that is NaN at one call on rank 1 only (a local non-finite step)."""
+
+    def __init__(self, at_call: int) -> None:
+        self.at_call, self.calls = at_call, 0
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        losses = cross_entropy(logits, targets)
+        self.calls += 1
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if rank == 1 and self.calls == self.at_call:
+            losses = losses.clone()
+            losses[0] = math.nan
+        return losses
+
+
+def build(case: str) -> tuple[L.LightningModule, dict[str, Any]]:
+    """The module of ``case`` and the Trainer options of its fit."""
+    adam = lambda lr: lambda p: torch.optim.Adam(p, lr=lr)  # noqa: E731
+    if case == "np":  # learns: accuracy compared with one process
+        model = BioMLP(hidden_sizes=(64,), seed=0)
+        return PerturbationModule(model, NodePerturbation(num_directions=4)), {"max_epochs": 3}
+    if case == "wp_shared_multiplicative":  # = one process with the global batch
+        rule = WeightPerturbation(num_directions=2, mode="multiplicative", seed=1)
+        return PerturbationModule(BioMLP(hidden_sizes=(32,), seed=0), rule, adam(1e-2)), {
+            "max_steps": 8}  # fmt: skip
+    if case == "wp_allreduce_additive":
+        rule = WeightPerturbation(num_directions=2, distributed="all_reduce", seed=1)
+        return PerturbationModule(_mlp(), rule, adam(1e-2)), {"max_steps": 8}
+    if case == "wp_shared_dense":
+        rule = WeightPerturbation(structure="dense", estimator="forward", seed=2)
+        return PerturbationModule(_mlp(), rule, adam(1e-2)), {"max_steps": 4}
+    if case == "bp":
+        return BackpropModule(BioMLP(hidden_sizes=(64,), seed=0)), {"max_epochs": 3}
+    if case == "hebbian":  # the rule's own SGD and its thresholds
+        rule = HebbianPerturbation(readout=NodePerturbation(num_directions=2))
+        return PerturbationModule(_mlp(), rule), {"max_steps": 6}
+    if case == "skip_with_adapter":  # rank 1 alone meets a NaN at its 3rd batch
+        module = PerturbationModule(
+            _mlp(), NodePerturbation(num_directions=2), loss=_NanOnRankOne(at_call=3),
+            step_size_adapter=lambda opt: DopamineStepSize(opt, warmup=2),
+            accumulate_grad_batches=2,
+        )  # fmt: skip
+        return module, {"max_steps": 4}
+    raise ValueError(f"unknown case {case!r}")
+
+
+CASES = (
+    "np", "wp_shared_multiplicative", "wp_allreduce_additive", "wp_shared_dense", "bp",
+    "hebbian", "skip_with_adapter",
+)  # fmt: skip
+
+
+def trainer(devices: int, root: Path, **kwargs: Any) -> L.Trainer:
+    options = dict(accelerator="cpu", devices=devices, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                   limit_val_batches=0, default_root_dir=root)  # fmt: skip
+    if devices > 1:
+        options["strategy"] = "ddp"
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
+def data(devices: int) -> DigitsDataModule:
+    return DigitsDataModule(batch_size=GLOBAL_BATCH // devices, seed=0)
+
+
+def digits_accuracy(module: L.LightningModule) -> float:
+    """Accuracy on the digits test split, on this process, over the whole split."""
+    dm = DigitsDataModule(seed=0)
+    dm.setup()
+    x, y = dm.test_set.tensors
+    module.eval()
+    with torch.no_grad():
+        return float((module.model(x).argmax(1) == y).float().mean())
+
+
+def parameters(module: L.LightningModule) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+
+
+def fingerprint(module: L.LightningModule) -> list[Any]:
+    """Everything that must be identical on every process after a fit."""
+    items: list[Any] = list(parameters(module).values())
+    items.append([g["lr"] for opt in module.trainer.optimizers for g in opt.param_groups])
+    items.append([g["lr"] for opt in module._rule_optimizers for g in opt.param_groups])
+    items.append((module.skipped_steps, module.consecutive_skips, module.global_step))
+    if isinstance(module, PerturbationModule):
+        items.append(module.rule.state_dict())
+        if module.step_size_adapter is not None:
+            items.append(module.step_size_adapter.state_dict())
+    return items
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
+
+
+def run_case(case: str, devices: int, root: Path) -> dict[str, Any]:
+    L.seed_everything(0, verbose=False)
+    module, options = build(case)
+    fit = trainer(devices, root, **options)
+    fit.fit(module, data(devices))
+    result = {"params": parameters(module), "accuracy": digits_accuracy(module),
+              "skipped_steps": module.skipped_steps, "global_step": module.global_step}  # fmt: skip
+    if devices > 1:
+        gathered: list[Any] = [None] * fit.world_size
+        torch.distributed.all_gather_object(gathered, fingerprint(module))
+        result["identical"] = all(same(gathered[0], other) for other in gathered[1:])
+        result["world_size"] = fit.world_size
+    return result
+
+
+def run_resume(devices: int, root: Path) -> dict[str, Any]:
+    """Straight 2 epochs vs. a run stopped mid-epoch (a checkpoint at step 4) and resumed."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(ckpt_path: str | None = None, callbacks: tuple = (), **kwargs: Any):
+        L.seed_everything(0, verbose=False)
+        rule = NodePerturbation(num_directions=2, seed=3)  # per-rank noise, shared generator
+        module = PerturbationModule(_mlp(), rule, lambda p: torch.optim.Adam(p, lr=1e-2))
+        options = {"max_epochs": 2, **kwargs}
+        run = trainer(devices, root, callbacks=list(callbacks),
+                      enable_checkpointing=bool(callbacks), **options)  # fmt: skip
+        run.fit(module, data(devices), ckpt_path=ckpt_path)
+        return module
+
+    straight = fit()
+    directory = root / "resume_ckpt"
+    fit(callbacks=(ModelCheckpoint(dirpath=directory, save_top_k=-1, every_n_train_steps=4),),
+        max_steps=4)  # fmt: skip
+    (path,) = directory.glob("*step=4*.ckpt")
+    resumed = fit(ckpt_path=str(path))
+    a, b = parameters(straight), parameters(resumed)
+    return {"bit_identical": all(torch.equal(a[k], b[k]) for k in a)}
+
+
+def main(out: Path) -> None:
+    warnings.filterwarnings("ignore")
+    results: dict[str, Any] = {}
+    for case in CASES:
+        results[case] = run_case(case, 2, out)
+    results["resume"] = run_resume(2, out)
+    if torch.distributed.get_rank() == 0:
+        torch.save(results, out / "results.pt")
+    torch.distributed.barrier()  # rank 1 ends with rank 0, not after the caller moved on
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
