@@ -3,6 +3,10 @@ import warnings
 import pytest
 import torch
 
+# The suite's models are tiny: a second intra-op thread costs more in synchronisation than it
+# gains, and on a busy 2-core machine it makes small ops up to 100x slower.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _quiet_and_seeded():
