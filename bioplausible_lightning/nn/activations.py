@@ -100,6 +100,11 @@ class SoftWinnerTakeAll(nn.Module):
         return f"sparsity={self.sparsity}, temperature={self.temperature}, dim={self.dim}{total}"
 
 
+def _check_power(power: float) -> None:
+    if isinstance(power, bool) or not (isinstance(power, (int, float)) and 0 < power < math.inf):
+        raise ValueError(f"power={power!r} is invalid: it must be a number > 0.")
+
+
 class RectifiedPower(nn.Module):
     """``relu(x) ** n``: Krotov & Hopfield's activation between a Hebbian layer and its
     readout; a power ``n > 1`` sharpens the competition the readout sees.
@@ -113,10 +118,7 @@ class RectifiedPower(nn.Module):
 
     def __init__(self, power: float = 4.5, normalize: bool = True) -> None:
         super().__init__()
-        if isinstance(power, bool) or not (
-            isinstance(power, (int, float)) and 0 < power < math.inf
-        ):
-            raise ValueError(f"power={power!r} is invalid: it must be a number > 0.")
+        _check_power(power)
         if not isinstance(normalize, bool):
             raise ValueError(f"normalize={normalize!r} is invalid: it must be True or False.")
         self.power = float(power)
@@ -147,10 +149,7 @@ class Triangle(nn.Module):
 
     def __init__(self, power: float = 1.0, dim: int = 1) -> None:
         super().__init__()
-        if isinstance(power, bool) or not (
-            isinstance(power, (int, float)) and 0 < power < math.inf
-        ):
-            raise ValueError(f"power={power!r} is invalid: it must be a number > 0.")
+        _check_power(power)
         self.power = float(power)
         self.dim = dim
 

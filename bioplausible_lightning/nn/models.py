@@ -95,6 +95,15 @@ def _check_positive_ints(name: str, values: Sequence[int]) -> None:
         raise ValueError(f"{name}={list(values)!r} is invalid: every entry must be an int >= 1.")
 
 
+def image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``input_shape`` as a checked ``(C, H, W)`` tuple of positive ints."""
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"input_shape={list(input_shape)!r} is invalid: expected (C, H, W).")
+    _check_positive_ints("input_shape", shape)
+    return shape
+
+
 class BioMLP(nn.Module):
     """Multi-layer perceptron under Dale's law (:func:`dale_`) with optional k-WTA sparsity.
 
@@ -187,10 +196,7 @@ class BioConvNet(nn.Module):
         activation: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.input_shape = tuple(int(s) for s in input_shape)
-        if len(self.input_shape) != 3:
-            raise ValueError(f"input_shape={list(input_shape)!r} is invalid: expected (C, H, W).")
-        _check_positive_ints("input_shape", self.input_shape)
+        self.input_shape = image_shape(input_shape)
         _check_positive_ints("channels", list(channels))
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.normalize = InputNormalization(input_mean, input_std)

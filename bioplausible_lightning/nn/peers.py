@@ -16,7 +16,13 @@ from torch import Tensor, nn
 
 from .activations import Triangle
 from .lebesgue import lebesgue_
-from .models import InputNormalization, _check_input, _check_positive_ints, _seeded
+from .models import (
+    InputNormalization,
+    _check_input,
+    _check_positive_ints,
+    _seeded,
+    image_shape,
+)
 
 HiddenInit = Literal["torch", "normal", "positive"]
 
@@ -126,10 +132,7 @@ class SoftHebbConvNet(nn.Module):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        self.input_shape = tuple(int(s) for s in input_shape)
-        if len(self.input_shape) != 3:
-            raise ValueError(f"input_shape={list(input_shape)!r} is invalid: expected (C, H, W).")
-        _check_positive_ints("input_shape", self.input_shape)
+        self.input_shape = image_shape(input_shape)
         _check_positive_ints("channels", list(channels))
         _check_positive_ints("kernel_sizes", list(kernel_sizes))
         if not (len(channels) == len(kernel_sizes) == len(triangle_powers)):
