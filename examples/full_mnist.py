@@ -31,6 +31,7 @@ LEARNERS: dict[str, tuple[str, tuple[str, ...], int, bool]] = {
     "backprop-dale": ("examples/mnist.yaml", ("--model", BACKPROP), 5, True),
     "backprop": ("examples/mnist_backprop.yaml", (), 5, True),
     "hebbian": ("examples/mnist_hebbian.yaml", (), 2, False),
+    "hebbian-dot": ("examples/mnist_hebbian_dot.yaml", (), 3, False),
     "softhebb": ("examples/mnist_softhebb.yaml", (), 3, False),
     "krotov-hopfield": ("examples/mnist_krotov.yaml", (), 4, False),
 }  # fmt: skip
@@ -62,18 +63,20 @@ def fit(name: str, data_dir: str, download: bool, runs: Path) -> dict:
             "checkpoint": str(ckpts[-1]) if ckpts else None}  # fmt: skip
 
 
-def square(name: str, checkpoint: str, out: Path, samples: int) -> dict:
+def attack(name: str, checkpoint: str, out: Path, kind: str, samples: int) -> dict:
+    """``kind`` ("square" or "autoattack") at ε = 0.05, 0.1 on the first ``samples`` test
+    images, through the CLI's ``test`` with the package's ``RobustnessCallback``."""
     config = LEARNERS[name][0]
-    path = out / f"{name}_robustness.json"
+    path = out / f"{name}_{kind}.json"
     subprocess.run([*CLI, "test", "--config", str(ROOT / config), "--ckpt_path", checkpoint,
                     "--trainer.enable_progress_bar", "false",
                     "--trainer.callbacks+=bioplausible_lightning.evaluation.RobustnessCallback",
-                    "--trainer.callbacks.eps=[0.05, 0.1]", "--trainer.callbacks.attacks=[square]",
+                    "--trainer.callbacks.eps=[0.05, 0.1]", f"--trainer.callbacks.attacks=[{kind}]",
                     f"--trainer.callbacks.max_samples={samples}",
                     f"--trainer.callbacks.output={path}"],
                    check=True, capture_output=True, cwd=ROOT)  # fmt: skip
     result = json.loads(path.read_text())
-    return {"square@0.1": result["accuracy"]["square"][1], "n_samples": result["n_samples"]}
+    return {f"{kind}@0.1": result["accuracy"][kind][1], f"{kind}_samples": result["n_samples"]}
 
 
 def main() -> None:
@@ -85,6 +88,8 @@ def main() -> None:
     p.add_argument("--learners", default=",".join(LEARNERS))
     p.add_argument("--square", default="", help="comma list of learners to attack with Square")
     p.add_argument("--square-samples", type=int, default=500)
+    p.add_argument("--autoattack", default="", help="comma list of learners to run AutoAttack on")
+    p.add_argument("--autoattack-samples", type=int, default=100)
     args = p.parse_args()
     if not args.download and not Path(args.data_dir, "MNIST").is_dir():
         print(f"skipped: no MNIST under {args.data_dir} (pass --download to fetch it)")
@@ -97,19 +102,28 @@ def main() -> None:
         report[name] = fit(name, args.data_dir, args.download, Path(args.runs))
         print(name, report[name], flush=True)
         report_path.write_text(json.dumps(report, indent=2))
-    for name in filter(None, args.square.split(",")):
-        report[name].update(square(name, report[name]["checkpoint"], out, args.square_samples))
-        print(name, report[name], flush=True)
-        report_path.write_text(json.dumps(report, indent=2))
-    header = "| learner | config | epochs (54,000 images) | test acc. | Square ε=0.1 | published |"
-    lines = [header, "|---|---|---:|---:|---:|---|"]
+    for kind, names, samples in (("square", args.square, args.square_samples),
+                                 ("autoattack", args.autoattack, args.autoattack_samples)):
+        for name in filter(None, names.split(",")):
+            ckpt = report[name]["checkpoint"]
+            report[name].update(attack(name, ckpt, out, kind, samples))
+            print(name, report[name], flush=True)
+            report_path.write_text(json.dumps(report, indent=2))
+    header = ("| learner | config | epochs (54,000 images) | test acc. | Square ε=0.1 "
+              "| AutoAttack ε=0.1 | published |")  # fmt: skip
+    lines = [header, "|---|---|---:|---:|---:|---:|---|"]
+
+    def robust(r: dict, kind: str) -> str:
+        if f"{kind}@0.1" not in r:
+            return "–"
+        n = r.get(f"{kind}_samples", r.get("n_samples"))
+        return f"{100 * r[f'{kind}@0.1']:.1f} % ({n} images)"
+
     for name, r in report.items():
-        sq = (
-            f"{100 * r['square@0.1']:.1f} % ({r['n_samples']} images)" if "square@0.1" in r else "–"
-        )
         lines.append(
             f"| {name} | `{r['config']}{' ' + ' '.join(r['args']) if r['args'] else ''}` | "
-            f"{r['epochs']} | {100 * r['test_acc']:.1f} % | {sq} | {PUBLISHED.get(name, '–')} |"
+            f"{r['epochs']} | {100 * r['test_acc']:.1f} % | {robust(r, 'square')} | "
+            f"{robust(r, 'autoattack')} | {PUBLISHED.get(name, '–')} |"
         )
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
