@@ -23,6 +23,11 @@ def check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name}={value!r} is invalid: it must be a finite number > 0.")
 
 
+def check_nonnegative(name: str, value: float) -> None:
+    if not (is_number(value) and value >= 0):
+        raise ValueError(f"{name}={value!r} is invalid: it must be a finite number >= 0.")
+
+
 def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
     if not any(isinstance(value, type(a)) and value == a for a in allowed):
         raise ValueError(f"{name}={value!r} is invalid: allowed values are {tuple(allowed)}.")

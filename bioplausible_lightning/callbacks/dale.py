@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_bool, is_number
+from .._validation import check_bool, check_nonnegative
 from ..metrics.dale import count_sign_flips, dale_statistics, sign_pattern
 from ..metrics.layers import WEIGHT_LAYER_TYPES, WeightGetter, default_weight_getter
 from ..metrics.layers import presynaptic_layout as _layout
@@ -64,8 +64,7 @@ class DaleLawMonitor(Monitor):
         if layer_types is None and weight_getter is not None:
             layer_types = (nn.Module,)
         super().__init__(log_every_n_steps, log_on_epoch_end, layer_types, name_pattern)
-        if not (is_number(tol) and tol >= 0):
-            raise ValueError(f"tol={tol!r} is invalid: it must be a finite number >= 0.")
+        check_nonnegative("tol", tol)
         check_bool("track_sign_flips", track_sign_flips)
         self.weight_getter = weight_getter or default_weight_getter
         self.tol = tol

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import move_data_to_device
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 
-from .._validation import check_callable, is_number
+from .._validation import check_callable, check_nonnegative, is_number
 from ..metrics.activity import activity_sparsity, weight_sparsity
 from ..metrics.layers import ACTIVATION_TYPES, WEIGHT_LAYER_TYPES, default_weight_getter, unit_dim
 from .base import TRAINER_INTERVAL, Interval, Monitor
@@ -109,10 +109,7 @@ class SparsityMonitor(Monitor):
         forward_fn: ForwardFn | None = None,
     ) -> None:
         super().__init__(log_every_n_steps, log_on_epoch_end, layer_types, name_pattern)
-        if not (is_number(activity_tol) and activity_tol >= 0):
-            raise ValueError(
-                f"activity_tol={activity_tol!r} is invalid: it must be a finite number >= 0."
-            )
+        check_nonnegative("activity_tol", activity_tol)
         if not (is_number(weight_rel_threshold) and 0 <= weight_rel_threshold < 1):
             raise ValueError(
                 f"weight_rel_threshold={weight_rel_threshold!r} is invalid: allowed is [0, 1)."

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_bool, check_positive
+
 
 class KWinnersTakeAll(nn.Module):
     """Keep the ``k`` largest activations per sample (per position for feature maps), zero the rest.
@@ -68,18 +70,9 @@ class SoftWinnerTakeAll(nn.Module):
         super().__init__()
         if isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity={sparsity!r} is invalid: allowed is a float in [0, 1).")
-        if isinstance(temperature, bool) or not (
-            isinstance(temperature, (int, float)) and 0 < temperature < math.inf
-        ):
-            raise ValueError(f"temperature={temperature!r} is invalid: it must be a number > 0.")
-        if total_activity is not None and (
-            isinstance(total_activity, bool)
-            or not isinstance(total_activity, (int, float))
-            or not 0 < total_activity < math.inf
-        ):
-            raise ValueError(
-                f"total_activity={total_activity!r} is invalid: it must be None or a number > 0."
-            )
+        check_positive("temperature", temperature)
+        if total_activity is not None:
+            check_positive("total_activity", total_activity)
         self.sparsity = sparsity
         self.temperature = float(temperature)
         self.dim = dim
@@ -100,11 +93,6 @@ class SoftWinnerTakeAll(nn.Module):
         return f"sparsity={self.sparsity}, temperature={self.temperature}, dim={self.dim}{total}"
 
 
-def _check_power(power: float) -> None:
-    if isinstance(power, bool) or not (isinstance(power, (int, float)) and 0 < power < math.inf):
-        raise ValueError(f"power={power!r} is invalid: it must be a number > 0.")
-
-
 class RectifiedPower(nn.Module):
     """``relu(x) ** n``: Krotov & Hopfield's activation between a Hebbian layer and its
     readout; a power ``n > 1`` sharpens the competition the readout sees.
@@ -118,9 +106,8 @@ class RectifiedPower(nn.Module):
 
     def __init__(self, power: float = 4.5, normalize: bool = True) -> None:
         super().__init__()
-        _check_power(power)
-        if not isinstance(normalize, bool):
-            raise ValueError(f"normalize={normalize!r} is invalid: it must be True or False.")
+        check_positive("power", power)
+        check_bool("normalize", normalize)
         self.power = float(power)
         self.normalize = normalize
 
@@ -149,7 +136,7 @@ class Triangle(nn.Module):
 
     def __init__(self, power: float = 1.0, dim: int = 1) -> None:
         super().__init__()
-        _check_power(power)
+        check_positive("power", power)
         self.power = float(power)
         self.dim = dim
 

@@ -95,6 +95,17 @@ def _check_positive_ints(name: str, values: Sequence[int]) -> None:
         raise ValueError(f"{name}={list(values)!r} is invalid: every entry must be an int >= 1.")
 
 
+def check_mlp_sizes(
+    input_shape: Sequence[int], hidden_sizes: Sequence[int], num_classes: int
+) -> tuple[int, ...]:
+    """Check an MLP's sizes (every entry an int >= 1); return ``input_shape`` as a tuple."""
+    shape = tuple(int(s) for s in input_shape)
+    _check_positive_ints("input_shape", shape)
+    _check_positive_ints("hidden_sizes", list(hidden_sizes))
+    _check_positive_ints("num_classes", [num_classes])
+    return shape
+
+
 def image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     """``input_shape`` as a checked ``(C, H, W)`` tuple of positive ints."""
     shape = tuple(int(s) for s in input_shape)
@@ -140,10 +151,7 @@ class BioMLP(nn.Module):
         activation: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.input_shape = tuple(int(s) for s in input_shape)
-        _check_positive_ints("input_shape", self.input_shape)
-        _check_positive_ints("hidden_sizes", list(hidden_sizes))
-        _check_positive_ints("num_classes", [num_classes])
+        self.input_shape = check_mlp_sizes(input_shape, hidden_sizes, num_classes)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.normalize = InputNormalization(input_mean, input_std)
         sizes = [math.prod(self.input_shape), *[int(h) for h in hidden_sizes], num_classes]

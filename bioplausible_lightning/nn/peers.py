@@ -9,11 +9,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_choice
 from .activations import Triangle
 from .lebesgue import lebesgue_
 from .models import (
@@ -21,6 +22,7 @@ from .models import (
     _check_input,
     _check_positive_ints,
     _seeded,
+    check_mlp_sizes,
     image_shape,
 )
 
@@ -40,10 +42,7 @@ def _init_hidden(weight: Tensor, init: HiddenInit) -> None:
 
 
 def _check_init(init: str) -> None:
-    if init not in ("torch", "normal", "positive"):
-        raise ValueError(
-            f"init={init!r} is invalid: allowed values are ('torch', 'normal', 'positive')."
-        )
+    check_choice("init", init, get_args(HiddenInit))
 
 
 class HebbianMLP(nn.Module):
@@ -77,10 +76,7 @@ class HebbianMLP(nn.Module):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        self.input_shape = tuple(int(s) for s in input_shape)
-        _check_positive_ints("input_shape", self.input_shape)
-        _check_positive_ints("hidden_sizes", list(hidden_sizes))
-        _check_positive_ints("num_classes", [num_classes])
+        self.input_shape = check_mlp_sizes(input_shape, hidden_sizes, num_classes)
         _check_init(init)
         self.normalize = InputNormalization(input_mean, input_std)
         activation = activation if activation is not None else nn.ReLU()

@@ -162,7 +162,7 @@ class HebbianPerturbation(CompositeRule):
     ) -> RuleOutput:
         if self.hebbian.steps >= self.readout_start:
             return super().estimate(model, loss_fn, inputs, targets, grad_scale)
-        self.parts(model)
+        self.targets(model)  # assigns and checks the layers, as the full step does
         return self.hebbian.estimate(model, loss_fn, inputs, targets, grad_scale)
 
     def parts(self, model: nn.Module) -> list[LearningRule]:

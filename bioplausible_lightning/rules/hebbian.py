@@ -43,7 +43,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +56,8 @@ from .._validation import (
     check_in_range,
     check_min_int,
     check_names,
+    check_nonnegative,
     check_positive,
-    is_number,
 )
 from ..losses import PerSampleLoss
 from .base import PerturbationRule
@@ -73,11 +73,6 @@ from .rule import LearningRule, OwnOptimizer, PerModel, RuleOutput
 Competition = Literal["soft", "hard", "rank"]
 Similarity = Literal["cosine", "dot"]
 StepNormalization = Literal["unit", "max"]
-
-
-def _check_nonnegative(name: str, value: float) -> None:
-    if not (is_number(value) and value >= 0):
-        raise ValueError(f"{name}={value!r} is invalid: it must be a finite number >= 0.")
 
 
 def layer_inputs_as_rows(module: nn.Module, x: Tensor) -> Tensor:
@@ -98,12 +93,10 @@ def layer_outputs_as_rows(module: nn.Module, out: Tensor) -> Tensor:
     return out.reshape(-1, out.shape[-1])
 
 
-def _hebbian_term(y: Tensor, x: Tensor, sparse: bool) -> Tensor:
-    """``yᵀ x``; for k-WTA and rank competition (a few non-zeros per row of ``y``) summed
-    over the non-zeros only, which is the dominant cost of a wide layer's update."""
-    if not sparse:
-        return y.T @ x
-    rows, units = y.nonzero(as_tuple=True)  # noqa: RUF059
+def _sparse_hebbian_term(y: Tensor, x: Tensor) -> Tensor:
+    """``yᵀ x`` for k-WTA and rank competition (a few non-zeros per row of ``y``), summed
+    over the non-zeros only: the dense product is the dominant cost of a wide layer's update."""
+    rows, units = y.nonzero(as_tuple=True)
     term = x.new_zeros(y.shape[1], x.shape[1])
     return term.index_add_(0, units, x[rows] * y[rows, units, None])
 
@@ -160,21 +153,21 @@ class CompetitiveHebbian(LearningRule):
         lr_decay_steps: int | None = None,
     ) -> None:
         check_positive("lr", lr)
-        check_choice("competition", competition, ("soft", "hard", "rank"))
+        check_choice("competition", competition, get_args(Competition))
         check_positive("temperature", temperature)
         check_min_int("k", k, 2 if competition == "rank" else 1)
-        _check_nonnegative("homeostasis", homeostasis)
+        check_nonnegative("homeostasis", homeostasis)
         check_bool("adaptive_rate", adaptive_rate)
         if layer_steps is not None:
             check_min_int("layer_steps", layer_steps, 1)
-        check_choice("similarity", similarity, ("cosine", "dot"))
+        check_choice("similarity", similarity, get_args(Similarity))
         check_in_range("anti_hebbian", anti_hebbian, 0.0, 1.0)
         if anti_hebbian > 0 and competition == "hard":
             raise ValueError(
                 f"anti_hebbian={anti_hebbian!r} is invalid with competition='hard': "
                 "anti-Hebbian units exist only for competition='soft' or 'rank'."
             )
-        check_choice("normalize", normalize, ("unit", "max"))
+        check_choice("normalize", normalize, get_args(StepNormalization))
         if lr_decay_steps is not None:
             check_min_int("lr_decay_steps", lr_decay_steps, 1)
         self.lr = float(lr)
@@ -284,7 +277,7 @@ class CompetitiveHebbian(LearningRule):
             delta = (y.T @ x) / rows - yu[:, None] * w
         else:
             active = (y != 0).any(0).nonzero().squeeze(1)
-            delta = _hebbian_term(y[:, active], x, True) / rows - yu[active, None] * w[active]
+            delta = _sparse_hebbian_term(y[:, active], x) / rows - yu[active, None] * w[active]
         decay = self.current_lr_factor()
         if self.normalize == "max":
             step = -decay * delta / delta.abs().max().clamp_min(1e-30)
