@@ -117,9 +117,9 @@ class HebbianPerturbation(CompositeRule):
         readout: The readout's rule (default :class:`NodePerturbation` with 8 directions).
         readout_layers: ``fnmatch`` patterns of the readout layers (default: the last one).
         readout_start: A label-free stage first: the readout learns only once the Hebbian
-            rule has made this many updates (default 0: both learn from the start).  A
-            readout that learns while a wide Hebbian layer is still far from converged
-            fits features that then move away; waiting costs no extra passes.
+            rule has made this many updates (default 0: both learn from the start), as in
+            the peers' protocols, where the classifier is trained on a finished layer.
+            During the stage no perturbed passes are run.
     """
 
     def __init__(
