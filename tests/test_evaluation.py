@@ -24,6 +24,7 @@ from bioplausible_lightning.evaluation import (
     evaluate_robustness,
     from_scratch_few_shot,
     mean_ci,
+    nearest_neighbour_accuracy,
     nearest_prototype_accuracy,
     representation_report,
     robust_accuracy,
@@ -255,6 +256,15 @@ def test_nearest_prototype_on_separable_features():
     query = torch.tensor([[1.0, 0.5], [9.0, -1.0], [0.2, 0.0]])
     acc = nearest_prototype_accuracy(support, torch.tensor([0, 1]), query, torch.tensor([0, 1, 0]))
     assert acc == 1.0
+
+
+def test_nearest_neighbour_labels_each_query_like_its_most_similar_example():
+    train = (torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([3, 7, 5]))
+    # cosine, not distance: [5, 0.2] is far from [1, 0] but points the same way
+    test = (torch.tensor([[5.0, 0.2], [0.1, 2.0], [2.0, 2.1], [0.0, 3.0]]),
+            torch.tensor([3, 7, 5, 3]))  # fmt: skip
+    assert nearest_neighbour_accuracy(train, test) == pytest.approx(0.75)
+    assert nearest_neighbour_accuracy(train, test, batch_size=1) == pytest.approx(0.75)
 
 
 def test_episodic_few_shot_on_held_out_classes(digits, linear):

@@ -16,6 +16,7 @@ from .fewshot import (
     extract_features,
     from_scratch_few_shot,
     linear_probe_few_shot,
+    nearest_neighbour_accuracy,
     nearest_prototype_accuracy,
 )
 from .learners import DEFAULT_LEARNERS, Learner
@@ -74,6 +75,7 @@ __all__ = [
     "layer_representation",
     "linear_probe_few_shot",
     "mean_ci",
+    "nearest_neighbour_accuracy",
     "nearest_prototype_accuracy",
     "quick_config",
     "representation_report",

@@ -144,6 +144,20 @@ def nearest_prototype_accuracy(
     return float((classes[pred] == query_labels).float().mean())
 
 
+def nearest_neighbour_accuracy(
+    train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], batch_size: int = 1024
+) -> float:
+    """Accuracy of labelling each test example like its most similar (cosine) training
+    example: the classifier a few-shot learner has to beat with the same labelled examples."""
+    x_train = nn.functional.normalize(train[0].flatten(1).float(), dim=1)
+    correct = 0
+    for i in range(0, len(test[0]), batch_size):
+        x = nn.functional.normalize(test[0][i : i + batch_size].flatten(1).float(), dim=1)
+        pred = train[1][(x @ x_train.T).argmax(1)]
+        correct += int((pred == test[1][i : i + batch_size]).sum())
+    return correct / max(len(test[0]), 1)
+
+
 def default_feature_layer(model: nn.Module) -> str:
     """Name of the model's last leaf module with parameters (its readout layer)."""
     # a parametrised layer (e.g. under Dale's law) is a leaf too: its only child is the
@@ -313,6 +327,7 @@ __all__ = [
     "from_scratch_few_shot",
     "linear_probe_few_shot",
     "logistic_regression",
+    "nearest_neighbour_accuracy",
     "nearest_prototype_accuracy",
     "unit_norm",
 ]

@@ -161,11 +161,26 @@ class LearnerRun:
         return config_parser().instantiate(cfg).model.model
 
     def module(
-        self, model: nn.Module, epochs: int | None = None, steps: int | None = None
+        self,
+        model: nn.Module,
+        epochs: int | None = None,
+        steps: int | None = None,
+        *,
+        epoch_steps: int | None = None,
     ) -> L.LightningModule:
-        """The config's LightningModule around ``model``; a cosine schedule spans the budget."""
+        """The config's LightningModule around ``model``, its schedules fitted to the budget.
+
+        A cosine schedule spans the budget.  A rule's step-counted schedule (a label-free
+        stage ``readout_start``, greedy ``layer_steps``, ``lr_decay_steps``) keeps the share
+        of the budget it has in the config: a config that learns label-free for 15 of 25
+        epochs does so for 60 % of a 2-epoch or a 100-step run too.  For a ``steps`` budget
+        that needs ``epoch_steps``, the optimizer steps of one epoch of the config's data.
+        """
         cfg = copy.deepcopy(self.cfg)
         init = cfg.model.init_args
+        share = self._budget_share(epochs, steps, epoch_steps)
+        if share is not None and init.get("rule") is not None:
+            _scale_step_schedules(init.rule, share)
         scheduler = init.get("lr_scheduler")
         if scheduler is not None and scheduler.class_path.endswith(".CosineAnnealingLR"):
             if (epochs is None) == (steps is None):
@@ -174,6 +189,23 @@ class LearnerRun:
             init.lr_scheduler_interval = "epoch" if epochs is not None else "step"
         init.model = model
         return config_parser().instantiate(cfg).model
+
+    def _budget_share(
+        self, epochs: int | None, steps: int | None, epoch_steps: int | None
+    ) -> float | None:
+        """The run's budget as a fraction of the config's (None: the config's own)."""
+        if not self.max_epochs or not _has_step_schedule(self.cfg.model.init_args.get("rule")):
+            return None
+        if epochs is not None:
+            return epochs / self.max_epochs
+        if steps is None:
+            return None
+        if not epoch_steps:
+            raise ValueError(
+                f"learner {self.name!r}: its rule counts its schedule in steps; a steps "
+                "budget needs epoch_steps (optimizer steps per epoch of the config's data)."
+            )
+        return steps / (self.max_epochs * epoch_steps)
 
     def label_free_hidden(self) -> bool:
         """Whether the hidden layers learn without labels (the rule is HebbianPerturbation)."""
@@ -186,6 +218,31 @@ class LearnerRun:
         overrides = f" {' '.join(self.learner.args)}" if self.learner.args else ""
         what = f"{self.learner.description}: " if self.learner.description else ""
         return f"{what}`{self.learner.config}{overrides}`, batch {self.batch_size}"
+
+
+#: Rule settings counted in optimizer steps, scaled with the budget by LearnerRun.module.
+STEP_SCHEDULE_KEYS = ("readout_start", "layer_steps", "lr_decay_steps")
+
+
+def _rule_settings(rule: Any) -> list[Any]:
+    """``init_args`` of a rule config and of every rule config nested in it."""
+    if rule is None or not hasattr(rule, "get") or rule.get("init_args") is None:
+        return []
+    found = [rule.init_args]
+    for value in vars(rule.init_args).values():
+        found += _rule_settings(value)
+    return found
+
+
+def _has_step_schedule(rule: Any) -> bool:
+    return any(args.get(key) for args in _rule_settings(rule) for key in STEP_SCHEDULE_KEYS)
+
+
+def _scale_step_schedules(rule: Any, share: float) -> None:
+    for args in _rule_settings(rule):
+        for key in STEP_SCHEDULE_KEYS:
+            if args.get(key):
+                args[key] = max(1, round(args[key] * share))
 
 
 def _import(class_path: str) -> Any:

@@ -48,6 +48,7 @@ from .fewshot import (
     episodic_few_shot,
     extract_features,
     linear_probe_few_shot,
+    nearest_neighbour_accuracy,
 )
 from .learners import DEFAULT_LEARNERS, Learner, LearnerRun
 from .representations import collect_activations, representation_report
@@ -264,6 +265,10 @@ class Context:
             raise ValueError(f"learner {run.name!r}: no trainer.max_epochs and epochs=None.")
         return int(epochs)
 
+    def epoch_steps(self, run: LearnerRun) -> int:
+        """Optimizer steps in one epoch of the comparison's training split for ``run``."""
+        return math.ceil(len(self.data.train_set) / run.batch_size)
+
     def fit(self, module: L.LightningModule, data: L.LightningDataModule, seed: int | None = None,
             **budget: Any) -> None:  # fmt: skip
         """:func:`fit` with the comparison's trainer settings (accelerator, seed)."""
@@ -343,14 +348,27 @@ def fewshot_section(ctx: Context) -> dict[str, Any]:
             for s in cfg.fewshot_seeds:
                 split = ctx.data_for(run, samples_per_class=int(k), seed=int(s), val_fraction=0.0)
                 model = run.model(data, int(s))
-                ctx.fit(run.module(model, steps=cfg.fewshot_steps), split, seed=int(s),
+                module = run.module(model, steps=cfg.fewshot_steps,
+                                    epoch_steps=ctx.epoch_steps(run))
+                ctx.fit(module, split, seed=int(s),
                         max_steps=cfg.fewshot_steps)  # fmt: skip
                 accs.append(accuracy(model, test_loader))
             results[name][str(k)] = mean_ci(accs).to_dict()
+    # reference: the nearest labelled example in pixel space, on the very same draws
+    test = collect(data.test_set)
+    pixel_nn = {}
+    for k in cfg.shots:
+        accs = []
+        for s in cfg.fewshot_seeds:
+            split = data.resplit(samples_per_class=int(k), seed=int(s), val_fraction=0.0)
+            split.setup("fit")
+            accs.append(nearest_neighbour_accuracy(collect(split.train_set), test))
+        pixel_nn[str(k)] = mean_ci(accs).to_dict()
     return {"from_scratch": {
         "protocol": f"{PROTOCOL_A}; {cfg.fewshot_steps} optimizer steps per run (batch ≤ each "
                     f"learner's batch size), seeds {list(cfg.fewshot_seeds)}",
         "results": results,
+        "pixel_nn": pixel_nn,
     }}  # fmt: skip
 
 
@@ -680,7 +698,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
         fs = few["from_scratch"]
         for k in fs["results"][names[0]]:
             cells = [_est(fs["results"].get(m, {}).get(k)) for m in names]
-            row(f"{k}-shot (a)", fs["protocol"], cells)
+            nn_ref = fs.get("pixel_nn", {}).get(k)
+            ref = f" (nearest labelled example in pixel space, same draws: {_est(nn_ref)})"
+            row(f"{k}-shot (a)", fs["protocol"] + (ref if nn_ref else ""), cells)
     if "episodic" in few:
         ep = few["episodic"]
         for k in ep["results"][names[0]]:
