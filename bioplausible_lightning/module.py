@@ -169,6 +169,14 @@ class ClassifierModule(L.LightningModule):
             logger=False,
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # pickling (torch.save(module), ddp_spawn): parametrised layers, including ones
+        # registered with torch's own function, are made picklable first
+        from .nn import make_picklable
+
+        make_picklable(self.model)
+        return super().__getstate__()
+
     # -- what subclasses provide ---------------------------------------------------------
     def compute_gradients(
         self, inputs: Tensor, targets: Tensor, grad_scale: float

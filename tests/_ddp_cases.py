@@ -161,6 +161,23 @@ def run_case(case: str, devices: int, root: Path) -> dict[str, Any]:
     return result
 
 
+class SaveFingerprint(L.Callback):
+    """At the end of training, on every process: gather :func:`fingerprint`; rank 0 saves
+    whether the processes agree, and its parameters, to ``path`` (for ``ddp_spawn``, whose
+    processes return nothing else to the caller)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        gathered: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(gathered, fingerprint(module))
+        if trainer.global_rank == 0:
+            torch.save({"identical": all(same(gathered[0], g) for g in gathered[1:]),
+                        "world_size": trainer.world_size, "params": parameters(module)},
+                       self.path)  # fmt: skip
+
+
 def run_resume(devices: int, root: Path) -> dict[str, Any]:
     """Straight 2 epochs vs. a run stopped mid-epoch (a checkpoint at step 4) and resumed."""
     from lightning.pytorch.callbacks import ModelCheckpoint
