@@ -90,7 +90,9 @@ def test_two_processes_learn_the_digits_like_one_with_the_same_global_batch(
     assert abs(two - one) < 0.06, f"{case}: 2 processes {two:.3f} vs 1 process {one:.3f}"
 
 
-@pytest.mark.parametrize("case", ["wp_shared_multiplicative", "wp_shared_dense"])
+@pytest.mark.parametrize(
+    "case", ["wp_shared_multiplicative", "wp_shared_dense", "wp_shared_inplace"]
+)
 def test_seed_shared_weight_perturbation_equals_one_process_with_the_global_batch(
     ddp, one_process, case
 ):

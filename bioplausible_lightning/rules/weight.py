@@ -61,6 +61,7 @@ from .layers import (
     is_exp_dale,
     is_weight_parametrized,
     weight_param,
+    write_outer_in_place,
 )
 from .rule import RuleOutput
 
@@ -323,8 +324,11 @@ class WeightPerturbation(PerturbationRule):
             u = (factors["u"] * (coeff / math.sqrt(self.rank)).view(-1, 1, 1)).transpose(0, 1)
             u = u.reshape(param.shape[0], -1)
             v = factors["v"].transpose(0, 1).reshape(-1, u.shape[1])
-            if (multiplicative or not is_weight_parametrized(module)) and param.grad is not None:
+            direct = multiplicative or not is_weight_parametrized(module)
+            if direct and param.grad is not None:
                 _add_outer_products(param.grad.view(param.shape[0], -1), u, v)  # in place
+                return
+            if direct and write_outer_in_place(param, u, v):  # inplace_update: no temporary
                 return
             grad = _add_outer_products(None, u, v).view(param.shape)
         else:
