@@ -159,9 +159,7 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
                 )
 
 
-def check_distributed(
-    rule: LearningRule, model: nn.Module, strategy: Any, world_size: int
-) -> None:
+def check_distributed(rule: LearningRule, model: nn.Module, strategy: Any, world_size: int) -> None:
     """Refuse a multi-process run whose update differs between processes before an
     all-reduce of the gradients (which in-place updates have no buffers for)."""
     shared = {id(p) for p in rule.synchronized_parameters(model)}

@@ -132,8 +132,9 @@ def test_resume_from_a_checkpoint_is_bit_identical_in_place(tmp_path, inplace):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_train_steps=3)
     _fit("wp_lowrank", inplace, tmp_path, max_steps=3, callbacks=[ckpt], precision=precision)
     (path,) = (tmp_path / "ck").glob("*step=3*.ckpt")
-    resumed = _fit("wp_lowrank", inplace, tmp_path, max_steps=8, ckpt_path=str(path),
-                   precision=precision)
+    resumed = _fit(
+        "wp_lowrank", inplace, tmp_path, max_steps=8, ckpt_path=str(path), precision=precision
+    )
     a, b = _params(straight), _params(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.hparams["inplace_update"] is inplace
