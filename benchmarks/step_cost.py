@@ -6,11 +6,15 @@ interleaved round-robin so that machine noise hits every variant alike; prints r
     python benchmarks/step_cost.py                  # CPU, batch 64 and 256
     python benchmarks/step_cost.py --device cuda    # on a GPU
     python benchmarks/step_cost.py --dale           # the same MLP built from DaleLinear layers
+    python benchmarks/step_cost.py --memory-only    # peak memory only (no timing): seconds
 
 Peak memory is the peak of live tensor bytes (tracked by a TorchDispatchMode, so it is exact
 and device-independent), parameters and inputs included.  The last column leaves out the
 ``.grad`` buffers (one per parameter) that the rule → ``p.grad`` → torch-optimizer protocol
-needs, to show what the rule itself costs.
+needs, to show what the rule itself costs.  The "in place (lean)" rows are
+``PerturbationModule(inplace_update=True)``'s step (:mod:`bioplausible_lightning.lean`): the
+same rule, its update applied to the weights as plain SGD as it is formed, no ``.grad``
+buffers at all; the script ends with their measured peak ÷ inference ratios.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from bioplausible_lightning import DaleLinear, NodePerturbation, WeightPerturbation
+from bioplausible_lightning.lean import applied_in_place
 from bioplausible_lightning.losses import cross_entropy
 
 SIZES = (784, 2560, 2560, 1024, 10)
@@ -99,6 +104,20 @@ def rule_step(rule):
     return step
 
 
+def lean_step(rule):
+    """``inplace_update=True``: the update goes into the weights as it is formed (plain SGD
+    with ``opt``'s learning rate); no ``.grad`` buffer exists, so no optimizer step is left."""
+
+    def step(model, x, y, opt):
+        with applied_in_place(opt, model):
+            rule.estimate(model, cross_entropy, x, y)
+
+    return step
+
+
+LEAN_SUFFIX = ", in place (lean)"
+
+
 def backprop_step(model, x, y, opt):
     cross_entropy(model(x), y).mean().backward()
     opt.step()
@@ -121,6 +140,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dale", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="skip the timings")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -139,6 +159,11 @@ def main() -> None:
         "NP all layers at once, per-sample": rule_step(
             NodePerturbation(num_directions=1, layerwise=False)
         ),
+        "WP low-rank r=1" + LEAN_SUFFIX: lean_step(WeightPerturbation(structure="lowrank")),
+        "WP dense Gaussian" + LEAN_SUFFIX: lean_step(WeightPerturbation(structure="dense")),
+        "NP all layers at once" + LEAN_SUFFIX: lean_step(
+            NodePerturbation(num_directions=1, layerwise=False)
+        ),
     }
     kind = "DaleLinear (exp)" if args.dale else "nn.Linear"
     print(f"MLP {SIZES} of {kind}: {n_params / 1e6:.2f}M parameters, device={device}, "
@@ -147,7 +172,7 @@ def main() -> None:
         x = torch.rand(batch, SIZES[0], device=device)
         y = torch.randint(0, SIZES[-1], (batch,), device=device)
         times: dict[str, list[float]] = {name: [] for name in variants}
-        for rep in range(args.repeats + 2):
+        for rep in range(0 if args.memory_only else args.repeats + 2):
             for name, fn in variants.items():
                 sync(device)
                 t0 = time.perf_counter()
@@ -155,22 +180,36 @@ def main() -> None:
                 sync(device)
                 if rep >= 2:  # warm-up
                     times[name].append(time.perf_counter() - t0)
-        med = {name: statistics.median(t) for name, t in times.items()}
+        nan = float("nan")
+        med = {name: statistics.median(t) if t else nan for name, t in times.items()}
         fwd, bp = med["forward (inference, no_grad)"], med["backprop step"]
         param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         inf_peak = _peak(forward_only, model, x, y, opt)
-        print(f"batch {batch}: forward {fwd * 1e3:.1f} ms, backprop step {bp * 1e3:.1f} ms")
+        print(f"batch {batch}: forward {fwd * 1e3:.1f} ms, backprop step {bp * 1e3:.1f} ms, "
+              f"inference peak {inf_peak / 2**20:.1f} MiB")  # fmt: skip
         print(
             f"| step (batch {batch}) | ms | ÷ 2 forwards | ÷ backprop step | peak memory ÷ "
             "inference | same without .grad buffers |"
         )
         print("|---|---:|---:|---:|---:|---:|")
+        lean: dict[str, float] = {}
         for name, t in med.items():
             if name.startswith("forward"):
                 continue
             peak = _peak(variants[name], model, x, y, opt)
+            ratio = peak / inf_peak
+            if name.endswith(LEAN_SUFFIX):  # no .grad buffers to leave out
+                lean[name] = ratio
+                print(f"| {name} | {t * 1e3:.1f} | {t / (2 * fwd):.2f} | {t / bp:.2f} | "
+                      f"{ratio:.3f} | (none allocated) |")  # fmt: skip
+                continue
             print(f"| {name} | {t * 1e3:.1f} | {t / (2 * fwd):.2f} | {t / bp:.2f} | "
-                  f"{peak / inf_peak:.2f} | {(peak - param_bytes) / inf_peak:.2f} |")  # fmt: skip
+                  f"{ratio:.2f} | {(peak - param_bytes) / inf_peak:.2f} |")  # fmt: skip
+        print()
+        for name, ratio in lean.items():
+            verdict = "meets" if ratio <= 1.2 else "misses"
+            print(f"batch {batch}: {name.removesuffix(LEAN_SUFFIX)} in place: peak training "
+                  f"memory / inference = {ratio:.3f} ({verdict} the <= 1.2 goal)")  # fmt: skip
         print()
 
 

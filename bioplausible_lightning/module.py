@@ -18,7 +18,14 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from ._validation import check_callable, check_choice, check_min_int, check_positive
+from . import lean
+from ._validation import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_min_int,
+    check_positive,
+)
 from .distributed import Reducer, all_processes_agree, all_reduce_mean_
 from .dopamine import AdapterRunner, StepSizeAdapterCallable
 from .losses import PerSampleLoss, resolve_loss
@@ -168,6 +175,14 @@ class ClassifierModule(L.LightningModule):
             ignore=["model", "rule", "optimizer", "lr_scheduler", "loss", "step_size_adapter"],
             logger=False,
         )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickling (torch.save(module), ddp_spawn): parametrised layers, including ones
+        # registered with torch's own function, are made picklable first
+        from .nn import make_picklable
+
+        make_picklable(self.model)
+        return super().__getstate__()
 
     # -- what subclasses provide ---------------------------------------------------------
     def compute_gradients(
@@ -402,6 +417,13 @@ class PerturbationModule(ClassifierModule):
         step_size_adapter: Optional callable ``optimizer -> DopamineStepSize``: the rule's
             reward prediction error (logged as ``train/rpe``) adapts the learning rate after
             every optimizer step (see :mod:`bioplausible_lightning.dopamine`); checkpointed.
+        inplace_update: Memory-lean training (opt-in, see :mod:`bioplausible_lightning.lean`):
+            the rule's update is applied to each layer's weights as it is formed, as plain
+            SGD with the optimizer's learning rate, and no ``.grad`` buffer is allocated.
+            Needs ``optimizer`` building ``torch.optim.SGD`` without momentum or weight
+            decay, ``gradient_clip_val=None``, ``accumulate_grad_batches=1``, a rule without
+            an optimizer of its own, and, under several processes, seed-shared weight
+            perturbation; anything else is refused with a ``ValueError``.
     """
 
     def __init__(
@@ -420,12 +442,15 @@ class PerturbationModule(ClassifierModule):
         max_consecutive_skips: int = 100,
         *,
         step_size_adapter: StepSizeAdapterCallable | None = None,
+        inplace_update: bool = False,
     ) -> None:
         super().__init__(
             model, optimizer, lr_scheduler, lr_scheduler_interval, lr_scheduler_frequency,
             lr_scheduler_monitor, loss, gradient_clip_val, gradient_clip_algorithm,
             accumulate_grad_batches, max_consecutive_skips,
         )  # fmt: skip
+        check_bool("inplace_update", inplace_update)
+        self.inplace_update = inplace_update
         if rule is None:
             from .rules import NodePerturbation
 
@@ -437,6 +462,9 @@ class PerturbationModule(ClassifierModule):
             )
         self.rule = rule
         self.rule.targets(eager_model(self.model))  # fail fast on a model it cannot train
+        if inplace_update:
+            lean.check_module_config(rule, eager_model(self.model), optimizer, default_optimizer,
+                                     gradient_clip_val, accumulate_grad_batches)  # fmt: skip
         self._adapter = AdapterRunner(step_size_adapter)
         self._pending_rpe: Tensor | None = None
 
@@ -449,6 +477,9 @@ class PerturbationModule(ClassifierModule):
         if world > 1:
             check_strategy(self.trainer.strategy, world)
         self.rule.set_distributed(self.trainer.global_rank if world > 1 else 0, world)
+        if self.inplace_update and world > 1:
+            lean.check_distributed(self.rule, eager_model(self.model), self.trainer.strategy,
+                                   world)  # fmt: skip
 
     @override
     def teardown(self, stage: str) -> None:
@@ -470,8 +501,20 @@ class PerturbationModule(ClassifierModule):
 
     def configure_optimizers(self) -> Any:
         config = super().configure_optimizers()
-        self._adapter.build(config["optimizer"] if isinstance(config, dict) else config)
+        optimizer = config["optimizer"] if isinstance(config, dict) else config
+        if self.inplace_update:
+            lean.check_optimizer(optimizer)
+        self._adapter.build(optimizer)
         return config
+
+    # -- inplace_update=True: the rule's writes go into the weights (lean.py) --------------
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        if not self.inplace_update:
+            return super().training_step(batch, batch_idx)
+        # the step is the usual one (skips, DDP agreement, optimizer.step() advancing
+        # global_step, schedulers), but no .grad exists: optimizer.step() finds none
+        with lean.applied_in_place(self.optimizers(use_pl_optimizer=False), self.model):
+            return super().training_step(batch, batch_idx)
 
     def on_train_start(self) -> None:
         super().on_train_start()

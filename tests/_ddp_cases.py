@@ -74,6 +74,10 @@ def build(case: str) -> tuple[L.LightningModule, dict[str, Any]]:
     if case == "wp_shared_dense":
         rule = WeightPerturbation(structure="dense", estimator="forward", seed=2)
         return PerturbationModule(_mlp(), rule, adam(1e-2)), {"max_steps": 4}
+    if case == "wp_shared_inplace":  # inplace_update: every rank applies the same update
+        rule = WeightPerturbation(num_directions=2, seed=1)
+        sgd = lambda p: torch.optim.SGD(p, lr=0.05)  # noqa: E731
+        return PerturbationModule(_mlp(), rule, sgd, inplace_update=True), {"max_steps": 6}
     if case == "bp":
         return BackpropModule(BioMLP(hidden_sizes=(64,), seed=0)), {"max_epochs": 3}
     if case == "hebbian":  # the rule's own SGD and its thresholds
@@ -90,8 +94,8 @@ def build(case: str) -> tuple[L.LightningModule, dict[str, Any]]:
 
 
 CASES = (
-    "np", "wp_shared_multiplicative", "wp_allreduce_additive", "wp_shared_dense", "bp",
-    "hebbian", "skip_with_adapter",
+    "np", "wp_shared_multiplicative", "wp_allreduce_additive", "wp_shared_dense",
+    "wp_shared_inplace", "bp", "hebbian", "skip_with_adapter",
 )  # fmt: skip
 
 
@@ -159,6 +163,23 @@ def run_case(case: str, devices: int, root: Path) -> dict[str, Any]:
         result["identical"] = all(same(gathered[0], other) for other in gathered[1:])
         result["world_size"] = fit.world_size
     return result
+
+
+class SaveFingerprint(L.Callback):
+    """At the end of training, on every process: gather :func:`fingerprint`; rank 0 saves
+    whether the processes agree, and its parameters, to ``path`` (for ``ddp_spawn``, whose
+    processes return nothing else to the caller)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        gathered: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(gathered, fingerprint(module))
+        if trainer.global_rank == 0:
+            torch.save({"identical": all(same(gathered[0], g) for g in gathered[1:]),
+                        "world_size": trainer.world_size, "params": parameters(module)},
+                       self.path)  # fmt: skip
 
 
 def run_resume(devices: int, root: Path) -> dict[str, Any]:

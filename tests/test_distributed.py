@@ -17,6 +17,7 @@ import torch
 from _ddp_cases import CASES, run_case
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch import nn
+from torch.nn.utils import parametrize
 
 import bioplausible_lightning
 from bioplausible_lightning import (
@@ -26,9 +27,11 @@ from bioplausible_lightning import (
     CompositeRule,
     DigitsDataModule,
     HebbianPerturbation,
+    LebesguePower,
     NodePerturbation,
     PerturbationModule,
     WeightPerturbation,
+    lebesgue_,
 )
 from bioplausible_lightning.data import DistributedEpochSeededSampler, EpochSeededSampler
 from bioplausible_lightning.distributed import Reducer, all_reduce_mean_
@@ -87,7 +90,9 @@ def test_two_processes_learn_the_digits_like_one_with_the_same_global_batch(
     assert abs(two - one) < 0.06, f"{case}: 2 processes {two:.3f} vs 1 process {one:.3f}"
 
 
-@pytest.mark.parametrize("case", ["wp_shared_multiplicative", "wp_shared_dense"])
+@pytest.mark.parametrize(
+    "case", ["wp_shared_multiplicative", "wp_shared_dense", "wp_shared_inplace"]
+)
 def test_seed_shared_weight_perturbation_equals_one_process_with_the_global_batch(
     ddp, one_process, case
 ):
@@ -303,3 +308,67 @@ def test_backprop_module_and_data_module_pickle():
     assert torch.equal(first, next(iter(dm.train_dataloader()))[0])
     module = pickle.loads(pickle.dumps(BackpropModule(nn.Sequential(nn.Linear(64, 10)))))
     assert isinstance(module, BackpropModule)
+
+
+def _digits_output_and_state(module):
+    dm = DigitsDataModule(seed=0)
+    dm.setup()
+    with torch.no_grad():
+        return module.eval()(dm.test_set.tensors[0][:64]), module.state_dict()
+
+
+@pytest.mark.parametrize("model", ["bio_mlp", "lebesgue"])
+def test_module_with_a_parametrised_model_survives_pickle_and_torch_save(model, tmp_path):
+    # torch refuses to pickle a module under torch.nn.utils.parametrize; the package's
+    # parametrisations (Dale, Lebesgue) and the modules pickle theirs
+    net = (BioMLP(seed=0) if model == "bio_mlp"
+           else lebesgue_(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), p=3.0))  # fmt: skip
+    module = PerturbationModule(net, WeightPerturbation(seed=1))
+    torch.save(module, tmp_path / "module.pt")
+    expected_out, expected_state = _digits_output_and_state(module)
+    for clone in (pickle.loads(pickle.dumps(module)),
+                  torch.load(tmp_path / "module.pt", weights_only=False)):  # fmt: skip
+        out, state = _digits_output_and_state(clone)
+        assert torch.equal(out, expected_out)
+        assert state.keys() == expected_state.keys()
+        assert all(torch.equal(state[k], expected_state[k]) for k in state)
+        layer = next(m for m in clone.model.modules() if parametrize.is_parametrized(m))
+        assert isinstance(layer, nn.Linear)
+        assert parametrize.type_before_parametrizations(layer) is nn.Linear
+        # still trainable by the rules, and picklable again
+        assert clone.rule.targets(clone.model)
+        assert torch.equal(pickle.loads(pickle.dumps(clone)).eval()(
+            torch.zeros(1, 64)), clone(torch.zeros(1, 64)))  # fmt: skip
+
+
+def test_a_parametrisation_registered_with_torchs_own_function_pickles_with_the_module():
+    model = nn.Sequential(nn.Linear(4, 3))
+    parametrize.register_parametrization(model[0], "weight", LebesguePower(3.0))
+    clone = pickle.loads(pickle.dumps(PerturbationModule(model)))
+    torch.testing.assert_close(clone.model[0].weight, model[0].weight, rtol=0, atol=0)
+
+
+def test_ddp_spawn_trains_a_dale_model_to_bit_identical_parameters(tmp_path):
+    # ddp_spawn pickles the module (a Dale BioMLP), the rule and the data module into 2
+    # fresh processes (gloo); every rank ends with the same parameters, and the caller's
+    # module holds rank 0's
+    from _ddp_cases import SaveFingerprint, trainer
+
+    environ = dict(os.environ)
+    try:
+        for name in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+            os.environ.pop(name, None)
+        module = PerturbationModule(BioMLP(hidden_sizes=(32,), seed=0),
+                                    NodePerturbation(num_directions=2, seed=1))  # fmt: skip
+        before = {k: v.clone() for k, v in module.model.state_dict().items()}
+        fit = trainer(2, tmp_path, strategy="ddp_spawn", max_steps=4,
+                      callbacks=[SaveFingerprint(tmp_path / "spawn.pt")])  # fmt: skip
+        fit.fit(module, DigitsDataModule(batch_size=32, seed=0))
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+    result = torch.load(tmp_path / "spawn.pt", weights_only=False)
+    assert result["world_size"] == 2 and result["identical"]
+    after = module.model.state_dict()
+    assert all(torch.equal(after[k], result["params"][k]) for k in after)  # rank 0's weights
+    assert any(not torch.equal(after[k], before[k]) for k in after)  # it trained

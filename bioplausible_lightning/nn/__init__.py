@@ -6,6 +6,7 @@ from .dale import DaleExp, dale_
 from .dale import DaleLinear as DaleLinear
 from .lebesgue import LebesguePower, lebesgue_
 from .models import BioConvNet, BioMLP, InputNormalization
+from .parametrization import make_picklable
 from .peers import HebbianMLP, SoftHebbConvNet
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "Triangle",
     "dale_",
     "lebesgue_",
+    "make_picklable",
 ]

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .._validation import check_bool, check_choice, check_names, check_positive
+from .parametrization import register_parametrization
 
 Parametrization = Literal["exp", "plain"]
 _PARAMETRIZATIONS: tuple[str, ...] = get_args(Parametrization)
@@ -331,7 +332,7 @@ def _apply_dale(
             module.bias.zero_()
         weight.copy_(signs.view(1, -1, *([1] * (len(shape) - 2))) * log_w.exp())
         if parametrization == "exp":
-            parametrize.register_parametrization(module, "weight", DaleExp(signs))
+            register_parametrization(module, "weight", DaleExp(signs))  # picklable
             # θ as drawn, not log|exp(θ)|: the same bits as the drawn log-magnitudes
             module.parametrizations.weight.original.copy_(log_w)
     module._register_load_state_dict_pre_hook(_upgrade_0_1_0_state, with_module=True)

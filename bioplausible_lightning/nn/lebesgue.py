@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .._validation import check_names
+from .parametrization import register_parametrization
 
 
 class LebesguePower(nn.Module):
@@ -80,5 +81,5 @@ def lebesgue_(
         if parametrize.is_parametrized(module, "weight"):
             raise ValueError(f"{module!r} already has a weight parametrisation.")
         with torch.no_grad():
-            parametrize.register_parametrization(module, "weight", LebesguePower(p))
+            register_parametrization(module, "weight", LebesguePower(p))  # picklable
     return model

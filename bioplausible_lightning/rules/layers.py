@@ -7,13 +7,23 @@ e.g. Dale's law by :func:`~bioplausible_lightning.dale_`): a rule reads the effe
 (:func:`weight_param`) through each parametrisation's own local chain rule,
 ``weight_grad_to_original(original, grad_weight) -> grad_original``.  A parametrisation
 only has to offer that method to be trainable by every rule.
+
+Every write of an estimate ends in one place (``_accumulate``).  Under an *update sink*
+(:func:`redirected_updates`, what ``PerturbationModule(inplace_update=True)`` installs, see
+:mod:`bioplausible_lightning.lean`) the writes go to the sink instead of ``.grad``: it
+applies them to the parameters directly, so no gradient buffer is ever allocated.  A rule
+whose update of a trainable tensor is an outer product ``u vᵀ`` hands it over unformed with
+:func:`write_outer_in_place`, so not even one weight-sized temporary is needed.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from fnmatch import fnmatch
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +34,42 @@ from ..nn.dale import DaleExp
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 #: The method a weight parametrisation must have for a rule to train through it.
 CHAIN_RULE_METHOD = "weight_grad_to_original"
+
+
+class UpdateSink(Protocol):
+    """Receives a rule's estimates in place of the parameters' ``.grad`` (see
+    :func:`redirected_updates`)."""
+
+    def add(self, param: Tensor, grad: Tensor) -> None:
+        """Take ``grad`` (``param``-shaped, or viewable as it) as a term of ``param``'s gradient."""
+
+    def add_outer(self, param: Tensor, u: Tensor, v: Tensor) -> None:
+        """Take ``u @ vᵀ`` (``param`` viewed as ``(rows, -1)``) as a term of its gradient."""
+
+
+_SINK: ContextVar[UpdateSink | None] = ContextVar("bioplausible_update_sink", default=None)
+
+
+@contextmanager
+def redirected_updates(sink: UpdateSink) -> Iterator[UpdateSink]:
+    """Within the block, every estimate a rule writes through this module goes to ``sink``
+    instead of ``.grad``."""
+    token = _SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _SINK.reset(token)
+
+
+def write_outer_in_place(param: Tensor, u: Tensor, v: Tensor) -> bool:
+    """Under an update sink, hand it the gradient term ``u @ vᵀ`` of the trainable tensor
+    ``param`` unformed and return True; otherwise do nothing and return False (the caller
+    then forms the product and writes it as usual)."""
+    sink = _SINK.get()
+    if sink is None or not isinstance(param, nn.Parameter):
+        return False
+    sink.add_outer(param, u, v)
+    return True
 
 
 def is_conv(module: nn.Module) -> bool:
@@ -116,8 +162,11 @@ def accumulate_param_grad(param: Tensor, grad: Tensor) -> None:
 
 def _accumulate(param: Tensor, grad: Tensor) -> None:
     """``param.grad += grad``, like autograd does; ``grad`` must be a fresh tensor (it is
-    adopted without a copy when ``param.grad`` is None)."""
-    if param.grad is None:
+    adopted without a copy when ``param.grad`` is None); under an update sink, the sink's."""
+    sink = _SINK.get()
+    if sink is not None:
+        sink.add(param, grad)
+    elif param.grad is None:
         param.grad = grad.detach().to(param.dtype).view(param.shape)
     else:
         param.grad.add_(grad.view(param.shape).to(param.grad.dtype))

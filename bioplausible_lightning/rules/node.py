@@ -28,7 +28,13 @@ from .._replicas import batch_coupled_modules
 from .._validation import check_bool
 from ..losses import PerSampleLoss
 from .base import Estimator, NoiseKind, PerturbationRule, ReplicateAt, sample_noise
-from .layers import accumulate_param_grad, accumulate_weight_grad, is_conv
+from .layers import (
+    accumulate_param_grad,
+    accumulate_weight_grad,
+    is_conv,
+    is_weight_parametrized,
+    write_outer_in_place,
+)
 from .rule import RuleOutput
 
 
@@ -170,8 +176,14 @@ class NodePerturbation(PerturbationRule):
         else:
             flat_x = x.reshape(-1, x.shape[-1])
             flat_delta = delta.reshape(-1, delta.shape[-1])
-            grad_w = flat_delta.T @ flat_x
             grad_b = flat_delta.sum(0)
-        accumulate_weight_grad(module, grad_w)
+            grad_w = None
+            # inplace_update: the outer product goes into the weight itself, unformed
+            if is_weight_parametrized(module) or not write_outer_in_place(
+                module.weight, flat_delta.T, flat_x.T
+            ):
+                grad_w = flat_delta.T @ flat_x
+        if grad_w is not None:
+            accumulate_weight_grad(module, grad_w)
         if module.bias is not None and module.bias.requires_grad:
             accumulate_param_grad(module.bias, grad_b)

@@ -61,6 +61,7 @@ from .layers import (
     is_exp_dale,
     is_weight_parametrized,
     weight_param,
+    write_outer_in_place,
 )
 from .rule import RuleOutput
 
@@ -282,7 +283,7 @@ class WeightPerturbation(PerturbationRule):
                 bshape = (replicas,) + (1,) * (output.ndim - 1) + (-1,)
             out.add_((factors["bias"][direction] * sign[:, None]).view(bshape), alpha=self.sigma)
         if self.structure == "lowrank" and not self._multiplicative(module):
-            out.add_(self._lowrank_delta(module, xs, factors, direction, sign), alpha=self.sigma)
+            self._add_lowrank_delta(module, out, xs, factors, direction, sign)
             return
         weight = module.weight if self._multiplicative(module) else None  # cached: no recompute
         for k in range(self.num_directions):
@@ -294,23 +295,27 @@ class WeightPerturbation(PerturbationRule):
             delta = _apply(module, chunk, p).view(len(rows), -1, *output.shape[1:])
             out[rows] += delta * (self.sigma * sign[rows]).view(-1, *([1] * output.ndim))
 
-    def _lowrank_delta(self, module: nn.Module, xs: Tensor, factors: dict[str, Tensor],
-                       direction: Tensor, sign: Tensor) -> Tensor:  # fmt: skip
-        """``σ⁻¹ ×`` the output change of every replica, without forming ``U Vᵀ``."""
+    def _add_lowrank_delta(self, module: nn.Module, out: Tensor, xs: Tensor,
+                           factors: dict[str, Tensor], direction: Tensor,
+                           sign: Tensor) -> None:  # fmt: skip
+        """Add every replica's output change to ``out``, without forming ``U Vᵀ`` (and, for
+        a linear layer, accumulating into ``out``: no output-sized temporary)."""
         scale = sign.view(-1, 1, 1) / math.sqrt(self.rank)
         u = factors["u"].index_select(0, direction) * scale  # (R, out, r)
         v = factors["v"].index_select(0, direction)  # (R, fan, r)
         if not is_conv(module):
             flat = xs.reshape(xs.shape[0], -1, xs.shape[-1])
-            delta = torch.bmm(torch.bmm(flat, v), u.transpose(1, 2))
-            return delta.view(*xs.shape[:-1], u.shape[1])
+            out.view(out.shape[0], -1, out.shape[-1]).baddbmm_(
+                torch.bmm(flat, v), u.transpose(1, 2), alpha=self.sigma
+            )
+            return
         r, b = xs.shape[:2]
         kernels = v.transpose(1, 2).reshape(r * self.rank, *weight_param(module).shape[1:])
         grouped = xs.transpose(0, 1).reshape(b, r * xs.shape[2], *xs.shape[3:])
         proj = F.conv2d(grouped, kernels, None, module.stride, module.padding,
                         module.dilation, groups=r)  # fmt: skip
         proj = proj.view(b, r, self.rank, *proj.shape[2:])
-        return torch.einsum("brkhw,rok->rbohw", proj, u)
+        out.add_(torch.einsum("brkhw,rok->rbohw", proj, u), alpha=self.sigma)
 
     def _accumulate(self, module: nn.Module, factors: dict[str, Tensor], coeff: Tensor,
                     gen: torch.Generator | None) -> None:  # fmt: skip
@@ -323,8 +328,11 @@ class WeightPerturbation(PerturbationRule):
             u = (factors["u"] * (coeff / math.sqrt(self.rank)).view(-1, 1, 1)).transpose(0, 1)
             u = u.reshape(param.shape[0], -1)
             v = factors["v"].transpose(0, 1).reshape(-1, u.shape[1])
-            if (multiplicative or not is_weight_parametrized(module)) and param.grad is not None:
+            direct = multiplicative or not is_weight_parametrized(module)
+            if direct and param.grad is not None:
                 _add_outer_products(param.grad.view(param.shape[0], -1), u, v)  # in place
+                return
+            if direct and write_outer_in_place(param, u, v):  # inplace_update: no temporary
                 return
             grad = _add_outer_products(None, u, v).view(param.shape)
         else:
