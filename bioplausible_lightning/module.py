@@ -544,7 +544,8 @@ class BackpropModule(ClassifierModule):
 
     ``BackpropModule(model, optimizer, lr_scheduler, **kwargs)`` is
     ``ClassifierModule(model, Backprop(), optimizer, lr_scheduler, **kwargs)``: the
-    keyword-only arguments are :class:`ClassifierModule`'s (``step_size_adapter`` aside).
+    keyword-only arguments are :class:`ClassifierModule`'s (a ``step_size_adapter`` is
+    refused: backprop measures no reward prediction error).
     """
 
     def __init__(

@@ -114,7 +114,9 @@ def test_a_parametrised_weight_belongs_to_its_layer():
     rule = Backprop(layers=["layers.2"])
     assert [n for n, _ in rule.targets(model, warn_unowned=False)] == ["layers.2"]
     assert {id(p) for p in rule.trained_parameters(model)} == {
-        id(model.layers[2].parametrizations.weight.original), id(model.layers[2].bias)}
+        id(model.layers[2].parametrizations.weight.original),
+        id(model.layers[2].bias),
+    }
     with pytest.warns(UserWarning, match="layers.0.bias"):
         Backprop(layers=["layers.2"]).targets(model)
 
@@ -149,8 +151,11 @@ def test_a_whole_model_backprop_part_is_refused_beside_another_rule():
 
 def test_a_layer_group_under_multi_process_training_is_refused():
     Backprop().set_distributed(1, 2)  # the whole model: DDP's own all-reduce does the work
-    with pytest.raises(ValueError, match=r"Backprop\(layers=\['3'\]\) cannot train under "
-                                         r"multi-process training \(world_size=2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Backprop\(layers=\['3'\]\) cannot train under "
+        r"multi-process training \(world_size=2\)",
+    ):
         Backprop(layers=["3"]).set_distributed(0, 2)
     rule = HebbianPerturbation(readout=Backprop())
     rule.targets(_mlp())  # assigns the readout's layers

@@ -575,6 +575,7 @@ def test_a_structures_output_change_and_update_are_its_directions(
     else:
         for r in range(len(direction)):
             tangent = sign[r] * ps[int(direction[r])]
+
             def layer(w: Tensor, x: Tensor = xs[r]) -> Tensor:
                 return functional_call(module, {"weight": w, "bias": module.bias}, (x,))
 
