@@ -220,3 +220,24 @@ def test_backprop_needs_a_trainable_parameter():
         Backprop().targets(model)
     with pytest.raises(ValueError, match=r"layers=\['head'\]"):
         Backprop(layers=["head"]).targets(_mlp())
+
+
+class _Scale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(16, dtype=torch.float32))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+def test_backprop_trains_any_module_of_a_group(digits_batch, recwarn):
+    x, y = digits_batch
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), _Scale(), nn.Tanh(), nn.Linear(16, 10))
+    rule = CompositeRule([CompetitiveHebbian(layers=["1"]), Backprop(layers=["2", "4"])])
+    assert [n for n, _ in rule.targets(model)] == ["1", "2", "4"]
+    assert not [w for w in recwarn if "will not be updated" in str(w.message)]  # all owned
+    rule.estimate(model, cross_entropy, x, y)
+    rule.finish(torch.autograd.backward)
+    assert model[2].gain.grad is not None and model[4].weight.grad is not None
