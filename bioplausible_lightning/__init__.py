@@ -23,6 +23,7 @@ from .nn import (
 from .nn import DaleConv2d as DaleConv2d  # deprecated factories: importable, not in __all__
 from .nn import DaleLinear as DaleLinear
 from .rules import (
+    Backprop,
     CompetitiveHebbian,
     CompositeRule,
     HebbianPerturbation,
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttackConfig",
+    "Backprop",
     "BackpropModule",
     "BioConvNet",
     "BioMLP",

@@ -1,9 +1,12 @@
-"""LightningModules: the perturbation-trained classifier and its backprop baseline.
+"""The learning module: one LightningModule whose gradient comes from a rule object.
 
-Both use *manual* optimisation with one shared training step, so the only difference
-between them is where the gradient comes from (a rule's estimate vs ``backward()``):
-optimizer, scheduler, clipping, accumulation and logging behave identically, which is
-what makes the comparison fair.
+:class:`ClassifierModule` uses *manual* optimisation with one training step for every rule,
+so the only difference between a backprop-free rule and the backprop baseline
+(:class:`~bioplausible_lightning.rules.Backprop`, whose estimate runs the forward pass and
+whose ``backward()`` runs once every process found its loss finite) is where the gradient
+comes from: optimizer, scheduler, clipping, accumulation, logging and checkpoints behave
+identically, which is what makes the comparison fair.  :class:`PerturbationModule` and
+:class:`BackpropModule` are its two public names (the second with ``rule=Backprop()``).
 """
 
 from __future__ import annotations
@@ -19,16 +22,11 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from . import lean
-from ._validation import (
-    check_bool,
-    check_callable,
-    check_choice,
-    check_min_int,
-    check_positive,
-)
+from ._validation import check_bool, check_callable, check_choice, check_min_int, check_positive
 from .distributed import Reducer, all_processes_agree, all_reduce_mean_
 from .dopamine import AdapterRunner, StepSizeAdapterCallable
 from .losses import PerSampleLoss, resolve_loss
+from .rules.backprop import Backprop
 from .rules.rule import LearningRule
 
 ClipAlgorithm = Literal["norm", "value"]
@@ -94,11 +92,27 @@ def _is_compiled(model: nn.Module) -> bool:
 
 
 class ClassifierModule(L.LightningModule):
-    """Shared machinery; subclasses implement :meth:`compute_gradients`.
+    """Trains any ``nn.Module`` with a learning rule: the one learning module.
+
+    The rule adds its update to ``p.grad`` (:class:`~bioplausible_lightning.rules.Backprop`
+    by ``backward()``; every other rule without one); the configured torch optimizer steps
+    (a rule such as :class:`~bioplausible_lightning.CompetitiveHebbian` keeps an SGD
+    optimizer of its own for the layers it trains, see ``LearningRule.own_optimizers``).
+    The rule's state (perturbation RNG, Hebbian thresholds) is stored in every checkpoint,
+    so a resumed run continues bit-identically.  ``PerturbationModule`` is this module;
+    ``BackpropModule(model, ...)`` is it with ``rule=Backprop()``.
 
     Args:
         model: Any ``nn.Module`` mapping inputs to logits.  Default: a Dale-law
-            :class:`~bioplausible_lightning.nn.BioMLP` for the 8×8 digits.
+            :class:`~bioplausible_lightning.nn.BioMLP` for the 8×8 digits.  A
+            ``torch.compile``'d model is accepted: a hooking rule's perturbed pass runs the
+            wrapped module eagerly, evaluation (and backprop) runs compiled.
+        rule: The learning rule (default :class:`~bioplausible_lightning.NodePerturbation`
+            with its defaults; :class:`~bioplausible_lightning.HebbianPerturbation` is the
+            paper's rule, :class:`~bioplausible_lightning.rules.Backprop` the baseline).
+            Checkpoints record its class and settings; resuming with a different rule warns
+            and keeps the given rule, seed and all (its random state then starts from its
+            own seed instead of the checkpoint's).
         optimizer: Callable ``params -> Optimizer`` (default :func:`default_optimizer`:
             Adam, lr ``DEFAULT_LR`` = 1e-2).
         lr_scheduler: Optional callable ``optimizer -> LRScheduler``.
@@ -114,13 +128,29 @@ class ClassifierModule(L.LightningModule):
         max_consecutive_skips: Stop with an error after this many training steps in a row
             were skipped (non-finite loss or empty batch): skipped steps do not advance
             ``global_step``, so ``max_steps`` alone would never end such a run.
+        step_size_adapter: Optional callable ``optimizer -> DopamineStepSize``: the rule's
+            reward prediction error (logged as ``train/rpe``) adapts the learning rate after
+            every optimizer step (see :mod:`bioplausible_lightning.dopamine`); checkpointed.
+            Needs a rule that measures one (the perturbation rules; not ``Backprop``).
+        inplace_update: Memory-lean training (opt-in, see :mod:`bioplausible_lightning.lean`):
+            the rule's update is applied to each layer's weights as it is formed, as plain
+            SGD with the optimizer's learning rate, and no ``.grad`` buffer is allocated.
+            Needs ``optimizer`` building ``torch.optim.SGD`` without momentum or weight
+            decay, ``gradient_clip_val=None``, ``accumulate_grad_batches=1``, a rule that
+            writes its update through ``rules.layers`` and has no optimizer of its own (not
+            ``Backprop`` or the Hebbian rules), and, under several processes, seed-shared
+            weight perturbation; anything else is refused with a ``ValueError``.
+
+    The arguments after ``lr_scheduler`` are keyword-only.
     """
 
     def __init__(
         self,
         model: nn.Module | None = None,
+        rule: LearningRule | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
+        *,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         lr_scheduler_frequency: int = 1,
         lr_scheduler_monitor: str = "val/loss",
@@ -129,6 +159,8 @@ class ClassifierModule(L.LightningModule):
         gradient_clip_algorithm: ClipAlgorithm = "norm",
         accumulate_grad_batches: int = 1,
         max_consecutive_skips: int = 100,
+        step_size_adapter: StepSizeAdapterCallable | None = None,
+        inplace_update: bool = False,
     ) -> None:
         super().__init__()
         if model is not None and not isinstance(model, nn.Module):
@@ -147,6 +179,7 @@ class ClassifierModule(L.LightningModule):
             check_positive("gradient_clip_val", gradient_clip_val)
         check_choice("gradient_clip_algorithm", gradient_clip_algorithm, ("norm", "value"))
         check_min_int("max_consecutive_skips", max_consecutive_skips)
+        check_bool("inplace_update", inplace_update)
         self.automatic_optimization = False
         if model is None:
             from .nn import BioMLP
@@ -163,6 +196,7 @@ class ClassifierModule(L.LightningModule):
         self.gradient_clip_algorithm = gradient_clip_algorithm
         self.accumulate_grad_batches = accumulate_grad_batches
         self.max_consecutive_skips = max_consecutive_skips
+        self.inplace_update = inplace_update
         self.skipped_steps = 0
         self.consecutive_skips = 0
         self._rule_optimizers: list[torch.optim.Optimizer] = []
@@ -175,6 +209,34 @@ class ClassifierModule(L.LightningModule):
             ignore=["model", "rule", "optimizer", "lr_scheduler", "loss", "step_size_adapter"],
             logger=False,
         )
+        if rule is None:
+            from .rules import NodePerturbation
+
+            rule = NodePerturbation()
+        if not isinstance(rule, LearningRule):
+            raise ValueError(
+                f"rule={rule!r} is invalid: expected a LearningRule (NodePerturbation, "
+                "WeightPerturbation, CompetitiveHebbian, HebbianPerturbation, Backprop, or a "
+                "subclass)."
+            )
+        if step_size_adapter is not None and isinstance(rule, Backprop):
+            raise ValueError(
+                f"step_size_adapter={step_size_adapter!r} is invalid with rule={rule!r}: the "
+                "adapter follows the reward prediction error of a perturbation rule, which "
+                "backprop does not measure."
+            )
+        self.rule = rule
+        self.rule.targets(self._rule_model)  # fail fast on a model it cannot train
+        if inplace_update:
+            if rule.autograd_only or isinstance(rule, Backprop):
+                raise ValueError(
+                    f"rule={rule!r} is invalid with inplace_update=True: autograd writes "
+                    "backprop's gradients into .grad. Allowed: the perturbation rules."
+                )
+            lean.check_module_config(rule, self._rule_model, optimizer, default_optimizer,
+                                     gradient_clip_val, accumulate_grad_batches)  # fmt: skip
+        self._adapter = AdapterRunner(step_size_adapter)
+        self._pending_rpe: Tensor | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # pickling (torch.save(module), ddp_spawn): parametrised layers, including ones
@@ -184,29 +246,72 @@ class ClassifierModule(L.LightningModule):
         make_picklable(self.model)
         return super().__getstate__()
 
-    # -- what subclasses provide ---------------------------------------------------------
+    @property
+    def _rule_model(self) -> nn.Module:
+        """The model the rule is given: the compiled one for an autograd-only rule, else the
+        module ``torch.compile`` wrapped (see :func:`eager_model`)."""
+        return self.model if self.rule.autograd_only else eager_model(self.model)
+
+    # -- the gradient, from the rule -------------------------------------------------------
     def compute_gradients(
         self, inputs: Tensor, targets: Tensor, grad_scale: float
     ) -> tuple[Tensor, Tensor, bool]:
-        """Measure this process's batch; return ``(loss, logits, finite)``.
+        """Measure this process's batch with the rule; return ``(loss, logits, finite)``.
 
-        A subclass adds its gradients to ``.grad`` here or, when they must wait until every
+        The rule adds its gradients to ``.grad`` here or, when they must wait until every
         process found its batch finite (a ``backward()`` that DDP all-reduces), in
         :meth:`finish_gradients`.
         """
-        raise NotImplementedError
+        out = self.rule.estimate(self._rule_model, self.loss_fn, inputs, targets, grad_scale)
+        self._pending_rpe = out.rpe if out.finite else None
+        return out.loss, out.logits, out.finite
 
     def finish_gradients(self) -> None:
-        """Complete the gradients of the last :meth:`compute_gradients`, once every process
-        agreed that the step is taken (default: nothing left to do)."""
+        """Every process agreed that the step is taken: the rule completes its gradients
+        (``Backprop`` runs ``manual_backward`` here, inside which Lightning's DDP all-reduces
+        them).  Under DDP: average the rule's scalars and state over the processes (one
+        small all-reduce; seed-shared weight perturbation writes its update here); then
+        hand the reward prediction error to the step-size adapter."""
+        self.rule.finish(self.manual_backward)
+        rpe, self._pending_rpe = self._pending_rpe, None
+        if self.world_size > 1:
+            reducer = Reducer(self.world_size)
+            if rpe is not None:
+                rpe = rpe.detach().clone()
+                reducer.mean([rpe])
+            self.rule.synchronize(reducer)
+            reducer.run()
+        self._adapter.record(rpe)
 
     def discard_gradients(self) -> None:
-        """Forget the last :meth:`compute_gradients`: the step is skipped on every process
-        (the ``.grad`` buffers are zeroed by the caller)."""
+        """The step is skipped everywhere (the ``.grad`` buffers are zeroed by the caller).
+        Under DDP, processes that did measure their batch have advanced the rule's state
+        (its generator, the Hebbian thresholds) while others did not: rank 0's state is
+        broadcast to all, so they stay identical (a rare path; nothing is sent for a rule
+        without state)."""
+        self._pending_rpe = None
+        self.rule.discard()
+        if self.world_size > 1:
+            state = self.rule.state_dict()
+            if state:  # the same structure on every process, so all take this branch alike
+                state = self.trainer.strategy.broadcast(state, src=0)
+                self.rule.load_state_dict(state)
 
     def reduce_gradients(self) -> None:
-        """Make the accumulated ``.grad`` identical on every process before the optimizer
-        step (default: nothing; autograd-based DDP has already averaged them)."""
+        """Under DDP: average the accumulated ``.grad`` of every parameter whose update
+        depends on the process's data, in buckets (one all-reduce per ~25 MB), before the
+        optimizers step; seed-shared parameters, and those Lightning's DDP averaged inside
+        ``backward()``, are identical already and left out."""
+        if self.world_size == 1:
+            return
+        shared = {id(p) for p in self.synchronized_parameters()}
+        grads = [p.grad for p in self.model.parameters()
+                 if p.grad is not None and id(p) not in shared]  # fmt: skip
+        all_reduce_mean_(grads, self.world_size)
+
+    def synchronized_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose ``.grad`` the rule makes identical on every process itself."""
+        return self.rule.synchronized_parameters(self._rule_model)
 
     # -- processes -------------------------------------------------------------------------
     @property
@@ -216,13 +321,38 @@ class ClassifierModule(L.LightningModule):
         return 1 if trainer is None else int(trainer.world_size)
 
     # -- forward / optimisation ----------------------------------------------------------
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    @override
+    def setup(self, stage: str) -> None:
+        # Lightning's DDP averages gradients inside backward(), which no rule but Backprop
+        # calls: this module communicates itself (see bioplausible_lightning.distributed),
+        # which needs every process to hold the whole model; sharding strategies are refused.
+        world = self.world_size
+        if world > 1 and not self.rule.autograd_only:
+            check_strategy(self.trainer.strategy, world)
+        self.rule.set_distributed(self.trainer.global_rank if world > 1 else 0, world)
+        if self.inplace_update and world > 1:
+            lean.check_distributed(self.rule, self._rule_model, self.trainer.strategy, world)
+
+    @override
+    def teardown(self, stage: str) -> None:
+        self.rule.set_distributed(0, 1)  # a rule used on its own afterwards runs alone
+        self._pending_rpe = None
+
     def own_optimizers(self) -> list[torch.optim.Optimizer]:
         """Optimizers that a rule keeps for its own parameters (none for gradient rules)."""
-        return []
+        model = eager_model(self.model)
+        return [own.factory(own.params) for own in self.rule.own_optimizers(model)]
 
+    @property
+    def step_size_adapter(self) -> Any:
+        """The :class:`~bioplausible_lightning.DopamineStepSize` in use (None without one)."""
+        return self._adapter.adapter
+
+    @override
     def configure_optimizers(self) -> Any:
         # A rule's own optimizers stay plain torch optimizers held here, not handed to
         # Lightning: under manual optimisation every Lightning optimizer's step() advances
@@ -235,6 +365,9 @@ class ClassifierModule(L.LightningModule):
         claimed = {id(p) for opt in own for group in opt.param_groups for p in group["params"]}
         params = [p for p in self.model.parameters() if id(p) not in claimed]
         optimizer = self.optimizer_factory(params)
+        if self.inplace_update:
+            lean.check_optimizer(optimizer)
+        self._adapter.build(optimizer)
         if self.lr_scheduler_factory is None:
             return optimizer
         return {
@@ -256,7 +389,32 @@ class ClassifierModule(L.LightningModule):
             optimizer.load_state_dict(state)
         self._pending_rule_optimizer_states = None
 
+    @override
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._adapter.start(self.global_step)
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        rpe, scale = self._adapter.after_batch(self.global_step)
+        if rpe is not None:  # averaged over the processes already: the sync is for the mean
+            self.log("train/rpe", rpe, on_step=True, on_epoch=True, batch_size=1,
+                     sync_dist=self.world_size > 1)  # fmt: skip
+        if scale is not None:
+            self.log("train/step_size_scale", scale, on_step=True, on_epoch=False)
+
+    @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        if not self.inplace_update:
+            return self._training_step(batch, batch_idx)
+        # inplace_update=True: the rule's writes go into the weights (lean.py).  The step is
+        # the usual one (skips, DDP agreement, optimizer.step() advancing global_step,
+        # schedulers), but no .grad exists: optimizer.step() finds none
+        with lean.applied_in_place(self.optimizers(use_pl_optimizer=False), self.model):
+            return self._training_step(batch, batch_idx)
+
+    def _training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
         optimizers = [self.optimizers(), *self._rule_optimizers]
         k = self.accumulate_grad_batches
@@ -296,6 +454,7 @@ class ClassifierModule(L.LightningModule):
         self._log_metrics("train", loss, logits, targets, on_step=True)
         return loss.detach()
 
+    @override
     def on_train_epoch_end(self) -> None:
         self._step_schedulers("epoch")
 
@@ -339,12 +498,18 @@ class ClassifierModule(L.LightningModule):
                 "max_consecutive_skips."
             )
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_steps"] = {
             "total": self.skipped_steps, "consecutive": self.consecutive_skips,
         }  # fmt: skip
         checkpoint["rule_optimizers"] = [opt.state_dict() for opt in self._rule_optimizers]
+        checkpoint["perturbation_rule"] = self.rule.state_dict()  # the key's historical name
+        checkpoint["perturbation_rule_config"] = rule_config(self.rule)
+        if self.step_size_adapter is not None:
+            checkpoint["step_size_adapter"] = self._adapter.state_dict()
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         skipped = checkpoint.get("skipped_steps", {})
         self.skipped_steps = skipped.get("total", 0)
@@ -354,6 +519,20 @@ class ClassifierModule(L.LightningModule):
             self._pending_rule_optimizer_states = states
             if self._rule_optimizers:
                 self._load_rule_optimizer_states(states)
+        self._adapter.load_state_dict(checkpoint.get("step_size_adapter"))
+        if "perturbation_rule" not in checkpoint:
+            return  # e.g. a BackpropModule checkpoint of an earlier version
+        saved, current = checkpoint.get("perturbation_rule_config"), rule_config(self.rule)
+        if saved is not None and saved != current:
+            rank_zero_warn(
+                f"The checkpoint was trained with {_describe(saved)}, but this module's rule is "
+                f"{_describe(current)}. The given rule is used as configured; the checkpoint's "
+                "rule state (its random-number state) is not loaded, so the rule's noise "
+                f"starts from its own seed. Pass the checkpoint's rule to resume exactly.",
+                category=UserWarning,
+            )
+            return
+        self.rule.load_state_dict(checkpoint["perturbation_rule"])
 
     # -- evaluation ----------------------------------------------------------------------
     def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -363,12 +542,15 @@ class ClassifierModule(L.LightningModule):
         self._log_metrics(stage, loss, logits, targets, on_step=False)
         return loss
 
+    @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._eval_step("val", batch)
 
+    @override
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._eval_step("test", batch)
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self.model(inputs).argmax(-1)
@@ -386,246 +568,32 @@ class ClassifierModule(L.LightningModule):
                  batch_size=batch)  # fmt: skip
 
 
-class PerturbationModule(ClassifierModule):
-    """Trains any ``nn.Module`` with a backprop-free learning rule.
-
-    The rule adds its update to ``p.grad``; the configured torch optimizer steps (a rule
-    such as :class:`~bioplausible_lightning.CompetitiveHebbian` keeps an SGD optimizer of
-    its own for the layers it trains, see ``LearningRule.own_optimizers``).  No
-    ``backward()`` runs in a training step.  The rule's state (perturbation RNG, Hebbian
-    thresholds) is stored in every checkpoint, so a resumed run continues bit-identically.
-
-    Args:
-        model: Any ``nn.Module`` mapping inputs to logits (default: Dale ``BioMLP``).
-            A ``torch.compile``'d model is accepted: the rule's perturbed pass runs the
-            wrapped module eagerly, evaluation runs compiled.
-        rule: The learning rule (default :class:`~bioplausible_lightning.NodePerturbation`
-            with its defaults; :class:`~bioplausible_lightning.HebbianPerturbation` is the
-            paper's rule).  Checkpoints record its class and settings; resuming with a
-            different rule warns and keeps the given rule, seed and all (its random state
-            then starts from its own seed instead of the checkpoint's).
-        optimizer: Callable ``params -> Optimizer`` (default :func:`default_optimizer`).
-        lr_scheduler: Optional callable ``optimizer -> LRScheduler``.
-        lr_scheduler_interval: ``"epoch"`` or ``"step"``.
-        lr_scheduler_frequency: Step the scheduler every this many intervals.
-        lr_scheduler_monitor: Metric passed to ``ReduceLROnPlateau``.
-        loss: ``"cross_entropy"``, ``"mse"`` or a per-sample callable.
-        gradient_clip_val: Clip the estimated gradients (None = off).
-        gradient_clip_algorithm: ``"norm"`` or ``"value"``.
-        accumulate_grad_batches: Optimizer step every this many batches.
-        max_consecutive_skips: Stop with an error after this many skipped steps in a row.
-        step_size_adapter: Optional callable ``optimizer -> DopamineStepSize``: the rule's
-            reward prediction error (logged as ``train/rpe``) adapts the learning rate after
-            every optimizer step (see :mod:`bioplausible_lightning.dopamine`); checkpointed.
-        inplace_update: Memory-lean training (opt-in, see :mod:`bioplausible_lightning.lean`):
-            the rule's update is applied to each layer's weights as it is formed, as plain
-            SGD with the optimizer's learning rate, and no ``.grad`` buffer is allocated.
-            Needs ``optimizer`` building ``torch.optim.SGD`` without momentum or weight
-            decay, ``gradient_clip_val=None``, ``accumulate_grad_batches=1``, a rule without
-            an optimizer of its own, and, under several processes, seed-shared weight
-            perturbation; anything else is refused with a ``ValueError``.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module | None = None,
-        rule: LearningRule | None = None,
-        optimizer: OptimizerCallable = default_optimizer,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
-        lr_scheduler_frequency: int = 1,
-        lr_scheduler_monitor: str = "val/loss",
-        loss: str | PerSampleLoss = "cross_entropy",
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: ClipAlgorithm = "norm",
-        accumulate_grad_batches: int = 1,
-        max_consecutive_skips: int = 100,
-        *,
-        step_size_adapter: StepSizeAdapterCallable | None = None,
-        inplace_update: bool = False,
-    ) -> None:
-        super().__init__(
-            model, optimizer, lr_scheduler, lr_scheduler_interval, lr_scheduler_frequency,
-            lr_scheduler_monitor, loss, gradient_clip_val, gradient_clip_algorithm,
-            accumulate_grad_batches, max_consecutive_skips,
-        )  # fmt: skip
-        check_bool("inplace_update", inplace_update)
-        self.inplace_update = inplace_update
-        if rule is None:
-            from .rules import NodePerturbation
-
-            rule = NodePerturbation()
-        if not isinstance(rule, LearningRule):
-            raise ValueError(
-                f"rule={rule!r} is invalid: expected a LearningRule (NodePerturbation, "
-                "WeightPerturbation, CompetitiveHebbian, HebbianPerturbation, or a subclass)."
-            )
-        self.rule = rule
-        self.rule.targets(eager_model(self.model))  # fail fast on a model it cannot train
-        if inplace_update:
-            lean.check_module_config(rule, eager_model(self.model), optimizer, default_optimizer,
-                                     gradient_clip_val, accumulate_grad_batches)  # fmt: skip
-        self._adapter = AdapterRunner(step_size_adapter)
-        self._pending_rpe: Tensor | None = None
-
-    @override
-    def setup(self, stage: str) -> None:
-        # Lightning's DDP averages gradients inside backward(), which no rule calls: this
-        # module communicates itself (see bioplausible_lightning.distributed), which needs
-        # every process to hold the whole model; sharding strategies are refused.
-        world = self.world_size
-        if world > 1:
-            check_strategy(self.trainer.strategy, world)
-        self.rule.set_distributed(self.trainer.global_rank if world > 1 else 0, world)
-        if self.inplace_update and world > 1:
-            lean.check_distributed(self.rule, eager_model(self.model), self.trainer.strategy,
-                                   world)  # fmt: skip
-
-    @override
-    def teardown(self, stage: str) -> None:
-        self.rule.set_distributed(0, 1)  # a rule used on its own afterwards runs alone
-        self._pending_rpe = None
-
-    def synchronized_parameters(self) -> list[nn.Parameter]:
-        """Parameters whose ``.grad`` the rule makes identical on every process itself."""
-        return self.rule.synchronized_parameters(eager_model(self.model))
-
-    def own_optimizers(self) -> list[torch.optim.Optimizer]:
-        model = eager_model(self.model)
-        return [own.factory(own.params) for own in self.rule.own_optimizers(model)]
-
-    @property
-    def step_size_adapter(self) -> Any:
-        """The :class:`~bioplausible_lightning.DopamineStepSize` in use (None without one)."""
-        return self._adapter.adapter
-
-    def configure_optimizers(self) -> Any:
-        config = super().configure_optimizers()
-        optimizer = config["optimizer"] if isinstance(config, dict) else config
-        if self.inplace_update:
-            lean.check_optimizer(optimizer)
-        self._adapter.build(optimizer)
-        return config
-
-    # -- inplace_update=True: the rule's writes go into the weights (lean.py) --------------
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        if not self.inplace_update:
-            return super().training_step(batch, batch_idx)
-        # the step is the usual one (skips, DDP agreement, optimizer.step() advancing
-        # global_step, schedulers), but no .grad exists: optimizer.step() finds none
-        with lean.applied_in_place(self.optimizers(use_pl_optimizer=False), self.model):
-            return super().training_step(batch, batch_idx)
-
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        self._adapter.start(self.global_step)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
-        rpe, scale = self._adapter.after_batch(self.global_step)
-        if rpe is not None:  # averaged over the processes already: the sync is for the mean
-            self.log("train/rpe", rpe, on_step=True, on_epoch=True, batch_size=1,
-                     sync_dist=self.world_size > 1)  # fmt: skip
-        if scale is not None:
-            self.log("train/step_size_scale", scale, on_step=True, on_epoch=False)
-
-    def compute_gradients(
-        self, inputs: Tensor, targets: Tensor, grad_scale: float
-    ) -> tuple[Tensor, Tensor, bool]:
-        model = eager_model(self.model)
-        out = self.rule.estimate(model, self.loss_fn, inputs, targets, grad_scale)
-        self._pending_rpe = out.rpe if out.finite else None
-        return out.loss, out.logits, out.finite
-
-    def finish_gradients(self) -> None:
-        """Under DDP: average the rule's scalars and state over the processes (one small
-        all-reduce; seed-shared weight perturbation writes its update here); then hand
-        the reward prediction error to the step-size adapter."""
-        rpe, self._pending_rpe = self._pending_rpe, None
-        if self.world_size > 1:
-            reducer = Reducer(self.world_size)
-            if rpe is not None:
-                rpe = rpe.detach().clone()
-                reducer.mean([rpe])
-            self.rule.synchronize(reducer)
-            reducer.run()
-        self._adapter.record(rpe)
-
-    def discard_gradients(self) -> None:
-        """The step is skipped everywhere.  Under DDP, processes that did measure their batch
-        have advanced the rule's state (its generator, the Hebbian thresholds) while others
-        did not: rank 0's state is broadcast to all, so they stay identical (a rare path)."""
-        self._pending_rpe = None
-        if self.world_size > 1:
-            state = self.trainer.strategy.broadcast(self.rule.state_dict(), src=0)
-            self.rule.load_state_dict(state)
-
-    def reduce_gradients(self) -> None:
-        """Under DDP: average the accumulated ``.grad`` of every parameter whose update
-        depends on the process's data, in buckets (one all-reduce per ~25 MB), before the
-        optimizers step; seed-shared parameters are identical already and left out."""
-        if self.world_size == 1:
-            return
-        shared = {id(p) for p in self.synchronized_parameters()}
-        grads = [p.grad for p in self.model.parameters()
-                 if p.grad is not None and id(p) not in shared]  # fmt: skip
-        all_reduce_mean_(grads, self.world_size)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["perturbation_rule"] = self.rule.state_dict()
-        checkpoint["perturbation_rule_config"] = rule_config(self.rule)
-        if self.step_size_adapter is not None:
-            checkpoint["step_size_adapter"] = self._adapter.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self._adapter.load_state_dict(checkpoint.get("step_size_adapter"))
-        if "perturbation_rule" not in checkpoint:
-            return
-        saved, current = checkpoint.get("perturbation_rule_config"), rule_config(self.rule)
-        if saved is not None and saved != current:
-            rank_zero_warn(
-                f"The checkpoint was trained with {_describe(saved)}, but this module's rule is "
-                f"{_describe(current)}. The given rule is used as configured; the checkpoint's "
-                "rule state (its random-number state) is not loaded, so the rule's noise "
-                f"starts from its own seed. Pass the checkpoint's rule to resume exactly.",
-                category=UserWarning,
-            )
-            return
-        self.rule.load_state_dict(checkpoint["perturbation_rule"])
-
-
 def _describe(config: dict[str, Any]) -> str:
     settings = ", ".join(f"{k}={v!r}" for k, v in config["settings"].items())
     return f"{config['class'].rsplit('.', 1)[-1]}({settings})"
 
 
+class PerturbationModule(ClassifierModule):
+    """:class:`ClassifierModule` under its usual name: a model trained by a backprop-free
+    rule (default :class:`~bioplausible_lightning.NodePerturbation`).  No ``backward()`` runs
+    in a training step unless the rule is :class:`~bioplausible_lightning.rules.Backprop`.
+    Takes :class:`ClassifierModule`'s arguments."""
+
+
 class BackpropModule(ClassifierModule):
     """The baseline: the same model, data, optimizer and logging, trained by autograd.
 
-    Takes :class:`ClassifierModule`'s arguments (``PerturbationModule``'s minus ``rule``).
+    ``BackpropModule(model, optimizer, lr_scheduler, **kwargs)`` is
+    ``ClassifierModule(model, Backprop(), optimizer, lr_scheduler, **kwargs)``: the
+    keyword-only arguments are :class:`ClassifierModule`'s (a ``step_size_adapter`` is
+    refused: backprop measures no reward prediction error).
     """
 
-    _pending_loss: Tensor | None = None  # the loss whose backward() waits for every process
-
-    def compute_gradients(
-        self, inputs: Tensor, targets: Tensor, grad_scale: float
-    ) -> tuple[Tensor, Tensor, bool]:
-        """The forward pass; ``backward()`` runs in :meth:`finish_gradients`, once every
-        process found its loss finite (under DDP, a backward on some processes only would
-        wait forever for the others' gradients)."""
-        logits = self.model(inputs)
-        loss = self.loss_fn(logits, targets).mean()
-        finite = bool(torch.isfinite(loss))
-        self._pending_loss = loss * grad_scale if finite else None
-        return loss.detach(), logits.detach(), finite
-
-    def finish_gradients(self) -> None:
-        loss, self._pending_loss = self._pending_loss, None
-        if loss is not None:
-            self.manual_backward(loss)  # DDP all-reduces the gradients in here
-
-    def discard_gradients(self) -> None:
-        self._pending_loss = None
-
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, Backprop(), optimizer, lr_scheduler, **kwargs)

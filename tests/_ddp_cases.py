@@ -90,12 +90,15 @@ def build(case: str) -> tuple[L.LightningModule, dict[str, Any]]:
             accumulate_grad_batches=2,
         )  # fmt: skip
         return module, {"max_steps": 4}
+    if case == "bp_skip":  # backprop: the backward waits until every process found its loss
+        module = BackpropModule(_mlp(), loss=_NanOnRankOne(at_call=3), accumulate_grad_batches=2)
+        return module, {"max_steps": 4}  # finite (a backward on rank 0 alone would hang)
     raise ValueError(f"unknown case {case!r}")
 
 
 CASES = (
     "np", "wp_shared_multiplicative", "wp_allreduce_additive", "wp_shared_dense",
-    "wp_shared_inplace", "bp", "hebbian", "skip_with_adapter",
+    "wp_shared_inplace", "bp", "hebbian", "skip_with_adapter", "bp_skip",
 )  # fmt: skip
 
 

@@ -112,8 +112,9 @@ def test_all_reduce_weight_perturbation_draws_its_own_directions_on_every_proces
     assert max(float((two[k] - one["params"][k]).abs().max()) for k in two) > 1e-2
 
 
-def test_a_step_non_finite_on_one_process_only_is_skipped_on_every_process(ddp):
-    result = ddp["skip_with_adapter"]
+@pytest.mark.parametrize("case", ["skip_with_adapter", "bp_skip"])
+def test_a_step_non_finite_on_one_process_only_is_skipped_on_every_process(ddp, case):
+    result = ddp[case]
     assert result["skipped_steps"] == 1 and result["identical"]
     assert result["global_step"] == 4  # 9 batches, one skipped, 2 per step
 

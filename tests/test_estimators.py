@@ -19,7 +19,9 @@ statistics; node perturbation's pooled credit before it).  The tests use the pub
   that runs before the rule's (it sees the clean output; the rule adds to it in place).
 
 ``test_estimate_of_a_linear_loss_is_unbiased`` checks the other half of "scale": that the
-directions have identity second moment, so the expected estimate is the gradient.
+directions have identity second moment, so the expected estimate is the gradient.  Weight
+perturbation's parts are also tested on their own and over every combination of its
+settings (structure and rank × estimator × mode × noise, one process and seed-shared).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from torch.nn.utils import parametrize
 
 from bioplausible_lightning import BioConvNet, BioMLP, NodePerturbation, WeightPerturbation, dale_
 from bioplausible_lightning.losses import cross_entropy
+from bioplausible_lightning.rules.base import ESTIMATORS
 from bioplausible_lightning.rules.layers import is_exp_dale, weight_param
+from bioplausible_lightning.rules.weight import Dense, LowRank
 
 #: small enough that a finite difference equals the derivative to ~1e-9 (antithetic: error
 #: O(σ²)) or ~1e-7 (forward: O(σ)) in float64; TOL is what the tests allow, relative to the
@@ -456,3 +460,152 @@ def test_estimate_of_a_linear_loss_is_unbiased(rule_name, dale):
     assert rule.estimate(layer, loss, x, y).finite
     estimate = _flat_grad(layer)
     assert (estimate - exact).norm() < 0.35 * exact.norm()
+
+
+# -- weight perturbation's parts, over every combination of its settings --------------------
+
+
+def _mixed() -> nn.Module:
+    """A plain conv with bias, an exp-Dale linear layer with bias, a plain bias-free readout:
+    additive, multiplicative and in-place updates meet in one model."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(128, 6), nn.Tanh(), nn.Linear(6, 10, bias=False))  # fmt: skip
+    dale_(model, 0.5, layers=["3"], generator=torch.Generator().manual_seed(0))
+    return model
+
+
+MODELS["mixed"] = _mixed
+
+ALL_WEIGHT_SETTINGS = [
+    (estimator, structure, rank, mode, noise)
+    for estimator in ("antithetic", "forward")
+    for structure, rank in (("lowrank", 1), ("lowrank", 3), ("dense", 1))
+    for mode in ("additive", "multiplicative")
+    for noise in ("gaussian", "rademacher")
+]
+
+
+@pytest.mark.parametrize("estimator, structure, rank, mode, noise", ALL_WEIGHT_SETTINGS)
+def test_every_weight_perturbation_setting_is_exact_on_a_mixed_model(
+    estimator, structure, rank, mode, noise, batch
+):
+    x, y = batch
+    model = _model("mixed")
+    assert is_exp_dale(model[3]) and not is_exp_dale(model[0])
+    k = 2
+    rule = WeightPerturbation(sigma=SIGMA[estimator], num_directions=k, estimator=estimator,
+                              structure=structure, rank=rank, mode=mode, noise=noise,
+                              seed=4)  # fmt: skip
+    state = _state(rule)
+    estimate = _estimate(rule, model, x, y, state)
+    directions = torch.stack(
+        [_estimate(rule, model, x, y, state, _unit_coefficient_loss(rule, len(x), 0, j))
+         for j in range(k)], dim=1,
+    )  # fmt: skip
+    reference = _reference(model)
+    exact = torch.stack([
+        _mean_loss_jvp(reference, x, y, _perturbation_tangent(
+            model, directions[:, j] * k / GRAD_SCALE, mode == "multiplicative"))
+        for j in range(k)
+    ])  # fmt: skip
+    _assert_coefficients_exact(directions, estimate, exact, TOL[estimator])
+
+
+@pytest.mark.parametrize("estimator, structure, rank, mode, noise", ALL_WEIGHT_SETTINGS)
+def test_seed_shared_processes_write_what_one_process_writes(
+    estimator, structure, rank, mode, noise, batch
+):
+    """``distributed="shared_seed"``: each process draws one process's directions and writes
+    the update once the coefficients are averaged (here: over one process's worth)."""
+    from bioplausible_lightning.distributed import Reducer
+
+    x, y = batch
+    grads = []
+    for rank_id, world in ((0, 1), (1, 2)):
+        model = _model("mixed")
+        rule = WeightPerturbation(sigma=1e-3, num_directions=2, estimator=estimator,
+                                  structure=structure, rank=rank, mode=mode, noise=noise,
+                                  seed=4)  # fmt: skip
+        rule.set_distributed(rank_id, world)
+        assert rule.estimate(model, cross_entropy, x, y, grad_scale=GRAD_SCALE).finite
+        if world > 1:
+            assert all(p.grad is None for p in model.parameters())  # waits for the average
+            reducer = Reducer(1)
+            rule.synchronize(reducer)
+            reducer.run()
+        grads.append(_flat_grad(model))
+    assert torch.equal(grads[0], grads[1])
+
+
+STRUCTURES = {"lowrank-1": lambda: LowRank(1), "lowrank-3": lambda: LowRank(3), "dense": Dense}
+LAYERS = {
+    "linear": lambda: nn.Linear(5, 4),
+    "sequence": lambda: nn.Linear(5, 4),  # features last, a sequence of 3 per example
+    "conv": lambda: nn.Conv2d(2, 3, 3, padding=1, stride=2),
+}
+INPUTS = {"linear": (4, 5), "sequence": (4, 3, 5), "conv": (4, 2, 6, 6)}
+
+
+@pytest.mark.parametrize("structure_name", sorted(STRUCTURES))
+@pytest.mark.parametrize("layer_name", sorted(LAYERS))
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+def test_a_structures_output_change_and_update_are_its_directions(
+    structure_name, layer_name, noise
+):
+    """The batched output change is the layer's exact derivative along each replica's
+    ``±P`` (jvp), and the update is ``Σ_k c_k P_k``, with ``P_k`` what :meth:`direction`
+    draws (a dense structure's again from a replayed generator)."""
+    torch.manual_seed(0)
+    structure, module = STRUCTURES[structure_name](), LAYERS[layer_name]().double()
+    weight, k = module.weight, 3
+    direction = torch.tensor([0, 0, 1, 1, 2, 2])
+    sign = torch.tensor([1.0, -1.0] * 3, dtype=torch.float64)
+    xs = torch.randn(len(direction), *INPUTS[layer_name], dtype=torch.float64)
+
+    def draws() -> tuple[dict[str, Tensor], list[Tensor]]:
+        gen = torch.Generator().manual_seed(7)
+        factors = structure.draw(weight.shape, k, noise, gen, weight)
+        return factors, [structure.direction(factors, j, weight, noise, gen) for j in range(k)]
+
+    factors, ps = draws()
+    assert all(p.shape == weight.shape for p in ps)
+    delta = structure.output_delta(module, xs, factors, direction, sign)
+    if structure.regenerates:  # no batched form: the rule applies each drawn direction
+        assert delta is None
+    else:
+        for r in range(len(direction)):
+            tangent = sign[r] * ps[int(direction[r])]
+
+            def layer(w: Tensor, x: Tensor = xs[r]) -> Tensor:
+                return functional_call(module, {"weight": w, "bias": module.bias}, (x,))
+
+            exact = jvp(layer, (weight.detach(),), (tangent,))[1]
+            torch.testing.assert_close(delta[r], exact, rtol=1e-12, atol=1e-12)
+    coeff = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(7)
+    replayed = structure.draw(weight.shape, k, noise, gen, weight)  # the generator's order
+    update = structure.update(replayed if structure.regenerates else factors, coeff, weight,
+                              noise, gen)  # fmt: skip
+    expected = sum(c * p for c, p in zip(coeff, ps))
+    torch.testing.assert_close(update, expected, rtol=1e-12, atol=1e-12)
+    if structure.accumulates_in_place:
+        into = torch.ones_like(weight)
+        assert structure.update(factors, coeff, weight, noise, None, into=into) is into
+        torch.testing.assert_close(into, 1 + expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_an_estimators_coefficients_are_exact_for_a_linear_loss(name):
+    """Replica ``r`` carries ``sign_r · z_{direction_r}``; a loss linear in it, ``L0 + σ s z·g``,
+    gives every direction's exact derivative ``z_k·g``, whatever the layout."""
+    estimator, k, sigma = ESTIMATORS[name], 3, 0.25
+    direction, sign = estimator.replica_signs(k, torch.device("cpu"), torch.float64)
+    assert len(direction) == len(sign) == estimator.replicas(k)
+    assert sorted(set(direction[sign != 0].tolist())) == list(range(k))
+    slopes = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float64)  # z_k·g
+    losses = 1.0 + sigma * sign * slopes[direction]  # (R,)
+    torch.testing.assert_close(estimator.coefficients(losses, sigma), slopes)
+    torch.testing.assert_close(estimator.reward_prediction_error(losses), sigma * slopes)
+    loss, _ = estimator.summarize(losses[:, None], torch.zeros(len(losses), 1, 2))
+    torch.testing.assert_close(loss, torch.tensor(1.0, dtype=torch.float64))  # the clean loss
+    assert estimator.direction_inputs(torch.zeros(len(losses), 2)).shape == (k, 2)

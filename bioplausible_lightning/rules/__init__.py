@@ -1,5 +1,6 @@
-"""Learning rules: gradient sources that never call ``backward()``."""
+"""Learning rules: gradient sources; all but :class:`Backprop` never call ``backward()``."""
 
+from .backprop import Backprop
 from .base import PerturbationRule
 from .composite import CompositeRule, HebbianPerturbation
 from .hebbian import CompetitiveHebbian
@@ -9,6 +10,7 @@ from .rule import LearningRule, OwnOptimizer, RuleOutput
 from .weight import WeightPerturbation
 
 __all__ = [
+    "Backprop",
     "CompetitiveHebbian",
     "CompositeRule",
     "HebbianPerturbation",

@@ -44,6 +44,106 @@ def sample_noise(
     return torch.randn(tuple(shape), generator=generator, device=like.device, dtype=like.dtype)
 
 
+class FiniteDifference:
+    """How an estimator lays out its replicas and turns their losses into coefficients.
+
+    One job: the finite difference.  A block of replicas holds every direction's perturbed
+    passes (and the clean one, for a forward difference); :meth:`replica_signs` says which
+    direction and sign each replica carries, :meth:`coefficients` turns the block's losses
+    into one directional derivative per direction.  The rules ask the instance named by
+    their ``estimator`` setting (:data:`ESTIMATORS`).
+    """
+
+    def replicas(self, num_directions: int) -> int:
+        """Replicas one block of ``num_directions`` directions needs."""
+        raise NotImplementedError
+
+    def replica_signs(
+        self, num_directions: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """``(direction index, sign)`` of each replica in a block; a clean replica has sign 0."""
+        raise NotImplementedError
+
+    def coefficients(self, block_losses: Tensor, sigma: float) -> Tensor:
+        """Per-direction finite differences ``(K, ...)`` from a block's losses ``(R, ...)``."""
+        raise NotImplementedError
+
+    def reward_prediction_error(self, block_losses: Tensor) -> Tensor:
+        """Per-direction loss minus the loss expected of it (see
+        :meth:`PerturbationRule.reward_prediction_error`)."""
+        raise NotImplementedError
+
+    def summarize(self, losses: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch loss and logits reported for metrics, from a block ``(R, B, ...)``."""
+        raise NotImplementedError
+
+    def direction_inputs(self, x: Tensor) -> Tensor:
+        """A layer's input to pair with each direction ``(K, ...)``, from a block's ``(R, ...)``."""
+        raise NotImplementedError
+
+
+class Antithetic(FiniteDifference):
+    """``(f(θ + σz) − f(θ − σz)) / 2σ``: a (+) and a (−) replica per direction; half the
+    variance of a forward difference for the same two passes."""
+
+    def replicas(self, num_directions: int) -> int:
+        return 2 * num_directions
+
+    def replica_signs(
+        self, num_directions: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        direction = torch.arange(num_directions, device=device).repeat_interleave(2)
+        sign = torch.tensor([1.0, -1.0], device=device, dtype=dtype).repeat(num_directions)
+        return direction, sign
+
+    def coefficients(self, block_losses: Tensor, sigma: float) -> Tensor:
+        return (block_losses[0::2] - block_losses[1::2]) / (2 * sigma)
+
+    def reward_prediction_error(self, block_losses: Tensor) -> Tensor:
+        return (block_losses[0::2] - block_losses[1::2]) / 2
+
+    def summarize(self, losses: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+        return losses.mean(), logits.mean(0)
+
+    def direction_inputs(self, x: Tensor) -> Tensor:
+        return (x[0::2] + x[1::2]) / 2  # ≈ the unperturbed input, to O(σ²)
+
+
+class ForwardDifference(FiniteDifference):
+    """``(f(θ + σz) − f(θ)) / σ``: one clean replica first, then one per direction."""
+
+    def replicas(self, num_directions: int) -> int:
+        return num_directions + 1
+
+    def replica_signs(
+        self, num_directions: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        direction = torch.cat([torch.zeros(1, device=device, dtype=torch.long),
+                               torch.arange(num_directions, device=device)])  # fmt: skip
+        sign = torch.cat([torch.zeros(1, device=device, dtype=dtype),
+                          torch.ones(num_directions, device=device, dtype=dtype)])  # fmt: skip
+        return direction, sign
+
+    def coefficients(self, block_losses: Tensor, sigma: float) -> Tensor:
+        return (block_losses[1:] - block_losses[:1]) / sigma
+
+    def reward_prediction_error(self, block_losses: Tensor) -> Tensor:
+        return block_losses[1:] - block_losses[:1]
+
+    def summarize(self, losses: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+        return losses[0].mean(), logits[0]
+
+    def direction_inputs(self, x: Tensor) -> Tensor:
+        return x[1:]
+
+
+#: The estimator of each ``estimator=`` setting.
+ESTIMATORS: dict[str, FiniteDifference] = {
+    "antithetic": Antithetic(),
+    "forward": ForwardDifference(),
+}
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """A seed for process ``rank`` derived from a shared ``seed`` (rank 0 keeps it)."""
     return (seed + 0x9E3779B97F4A7C15 * rank) % SEED_RANGE
@@ -103,29 +203,22 @@ class PerturbationRule(LearningRule):
 
     # -- replicas ------------------------------------------------------------------------
     @property
+    def finite_difference(self) -> FiniteDifference:
+        """The estimator object of the ``estimator`` setting (:data:`ESTIMATORS`)."""
+        return ESTIMATORS[self.estimator]
+
+    @property
     def replicas_per_block(self) -> int:
         """Replicas one set of directions needs: 2K (antithetic) or K + 1 (forward)."""
-        k = self.num_directions
-        return 2 * k if self.estimator == "antithetic" else k + 1
+        return self.finite_difference.replicas(self.num_directions)
 
     def replica_signs(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """``(direction index, sign)`` of each replica in a block; the clean replica has sign 0."""
-        k = self.num_directions
-        if self.estimator == "antithetic":
-            direction = torch.arange(k, device=device).repeat_interleave(2)
-            sign = torch.tensor([1.0, -1.0], device=device, dtype=dtype).repeat(k)
-        else:
-            direction = torch.cat([torch.zeros(1, device=device, dtype=torch.long),
-                                   torch.arange(k, device=device)])  # fmt: skip
-            sign = torch.cat([torch.zeros(1, device=device, dtype=dtype),
-                              torch.ones(k, device=device, dtype=dtype)])  # fmt: skip
-        return direction, sign
+        return self.finite_difference.replica_signs(self.num_directions, device, dtype)
 
     def directional_coefficients(self, block_losses: Tensor) -> Tensor:
         """Per-direction finite differences ``(K, ...)`` from a block's losses ``(R, ...)``."""
-        if self.estimator == "antithetic":
-            return (block_losses[0::2] - block_losses[1::2]) / (2 * self.sigma)
-        return (block_losses[1:] - block_losses[:1]) / self.sigma
+        return self.finite_difference.coefficients(block_losses, self.sigma)
 
     def reward_prediction_error(self, block_losses: Tensor) -> Tensor:
         """Per-direction reward prediction error ``(K,)`` from a block's mean losses ``(R,)``.
@@ -143,9 +236,7 @@ class PerturbationRule(LearningRule):
         < 0 when it did better.  Both are ``σ ∇L·z_k + O(σ²)``: the directional differences
         the estimate is made of, times σ, so it costs nothing extra.
         """
-        if self.estimator == "antithetic":
-            return (block_losses[0::2] - block_losses[1::2]) / 2
-        return block_losses[1:] - block_losses[:1]
+        return self.finite_difference.reward_prediction_error(block_losses)
 
     # -- generator state (checkpointed) ---------------------------------------------------
     def generator(self, device: torch.device) -> torch.Generator:
@@ -288,6 +379,4 @@ class PerturbationRule(LearningRule):
 
     def summarize(self, losses: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
         """The batch loss and logits reported for metrics (clean replica when there is one)."""
-        if self.estimator == "forward":
-            return losses[0].mean(), logits[0]
-        return losses.mean(), logits.mean(0)
+        return self.finite_difference.summarize(losses, logits)

@@ -9,7 +9,7 @@ proportion to the gain — for the readout.  No error is sent backward through t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from .._validation import check_min_int, check_names
 from ..distributed import Reducer
 from ..losses import PerSampleLoss
+from .backprop import Backprop
 from .base import PerturbationRule
 from .hebbian import CompetitiveHebbian
 from .layers import find_target_layers, warn_unowned_parameters
@@ -28,7 +29,9 @@ class CompositeRule(LearningRule):
     """Apply each rule of ``rules`` to its own layers (set each rule's ``layers=``).
 
     The reported loss and logits are those of the last rule (put the error-driven rule
-    last); a step is finite only if every part's was.
+    last); a step is finite only if every part's was.  A part may be
+    :class:`~bioplausible_lightning.rules.Backprop` with ``layers=`` a layer group (on one
+    process): its backward then reaches only that group.
     """
 
     def __init__(self, rules: Sequence[LearningRule]) -> None:
@@ -80,6 +83,14 @@ class CompositeRule(LearningRule):
         assert out is not None
         return RuleOutput(out.loss, out.logits, finite, out.rpe)  # the last (error-driven) part
 
+    def finish(self, backward: Callable[..., Any]) -> None:
+        for rule in self.rules:
+            rule.finish(backward)
+
+    def discard(self) -> None:
+        for rule in self.rules:
+            rule.discard()
+
     def own_optimizers(self, model: nn.Module) -> list[OwnOptimizer]:
         return [opt for rule in self.parts(model) for opt in rule.own_optimizers(model)]
 
@@ -114,7 +125,9 @@ class HebbianPerturbation(CompositeRule):
     Args:
         hebbian: The hidden layers' rule (default :class:`CompetitiveHebbian()`); its
             ``layers`` must be left unset, they are filled in here.
-        readout: The readout's rule (default :class:`NodePerturbation` with 8 directions).
+        readout: The readout's rule (default :class:`NodePerturbation` with 8 directions;
+            :class:`WeightPerturbation`, or :class:`~bioplausible_lightning.rules.Backprop`
+            for a backprop-trained readout on one process).
         readout_layers: ``fnmatch`` patterns of the readout layers (default: the last one).
         readout_start: A label-free stage first: the readout learns only once the Hebbian
             rule has made this many updates (default 0: both learn from the start), as in
@@ -125,7 +138,7 @@ class HebbianPerturbation(CompositeRule):
     def __init__(
         self,
         hebbian: CompetitiveHebbian | None = None,
-        readout: PerturbationRule | None = None,
+        readout: PerturbationRule | Backprop | None = None,
         readout_layers: Sequence[str] | None = None,
         readout_start: int = 0,
     ) -> None:
@@ -133,10 +146,10 @@ class HebbianPerturbation(CompositeRule):
         readout = readout if readout is not None else NodePerturbation(num_directions=8)
         if not isinstance(hebbian, CompetitiveHebbian):
             raise ValueError(f"hebbian={hebbian!r} is invalid: expected a CompetitiveHebbian.")
-        if not isinstance(readout, PerturbationRule):
+        if not isinstance(readout, (PerturbationRule, Backprop)):
             raise ValueError(
                 f"readout={readout!r} is invalid: expected a PerturbationRule "
-                "(NodePerturbation or WeightPerturbation)."
+                "(NodePerturbation or WeightPerturbation) or Backprop."
             )
         for label, rule in (("hebbian", hebbian), ("readout", readout)):
             if rule.layers is not None:

@@ -213,9 +213,14 @@ def find_target_layers(
 
 
 def owned_parameters(targets: Sequence[tuple[str, nn.Module]]) -> set[int]:
-    """``id`` of every parameter a rule training ``targets`` writes a ``.grad`` for."""
+    """``id`` of every parameter a rule training ``targets`` writes a ``.grad`` for (a
+    target that is not a supported layer, e.g. a module trained by ``Backprop``: its own
+    parameters)."""
     owned = set()
     for _, module in targets:
+        if not isinstance(module, SUPPORTED_LAYERS):
+            owned.update(id(p) for p in module.parameters(recurse=False))
+            continue
         owned.add(id(weight_param(module)))
         if module.bias is not None:
             owned.add(id(module.bias))

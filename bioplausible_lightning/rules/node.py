@@ -110,10 +110,7 @@ class NodePerturbation(PerturbationRule):
                     noise[direction] * sign.view(shape), alpha=self.sigma
                 )
                 x = args[0].view(replicas, batch, *args[0].shape[1:])[start : start + block]
-                if self.estimator == "antithetic":
-                    x = (x[0::2] + x[1::2]) / 2  # ≈ the unperturbed input, to O(σ²)
-                else:
-                    x = x[1:]
+                x = self.finite_difference.direction_inputs(x)
                 records[index] = (x, noise)
                 order.append(index)
                 return output

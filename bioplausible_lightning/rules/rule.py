@@ -2,10 +2,11 @@
 
 A rule looks at one mini-batch, writes an update into ``p.grad`` of the parameters it
 trains (sign convention: the optimizer *descends*, so a Hebbian increase ``Δw`` is written
-as ``p.grad = -Δw``) and reports what it measured.  It never calls ``backward()``.  The
-module then clips and steps the optimizers, so schedulers, clipping, accumulation and
-checkpointing work the same for every rule.  Adding a rule means one new file with a
-subclass of :class:`LearningRule`.
+as ``p.grad = -Δw``) and reports what it measured.  The backprop-free rules never call
+``backward()``; :class:`~bioplausible_lightning.rules.Backprop` is the one rule that does,
+in :meth:`LearningRule.finish`.  The module then clips and steps the optimizers, so
+schedulers, clipping, accumulation and checkpointing work the same for every rule.  Adding
+a rule means one new file with a subclass of :class:`LearningRule`.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ class LearningRule:
     #: This process's rank and the number of processes (see :meth:`set_distributed`).
     _rank: int = 0
     _world_size: int = 1
+    #: Whether the update comes from autograd alone (no forward hooks, no direct ``.grad``
+    #: writes; :class:`~bioplausible_lightning.rules.Backprop`).  False (every other rule):
+    #: the module runs a ``torch.compile``'d model's eager module for it and allows only
+    #: strategies where every process holds the whole model (DDP).
+    autograd_only: bool = False
 
     def targets(self, model: nn.Module, warn_unowned: bool = True) -> list[tuple[str, nn.Module]]:
         """``(name, layer)`` pairs this rule trains in ``model``; raises if there are none."""
@@ -121,6 +127,18 @@ class LearningRule:
     ) -> RuleOutput:
         """Add ``grad_scale`` × the rule's update (as a descent direction) to ``p.grad``."""
         raise NotImplementedError
+
+    def finish(self, backward: Callable[..., Any]) -> None:
+        """Complete the update of the last :meth:`estimate` that returned ``finite=True``,
+        once every process found its batch finite (called on every process, before
+        :meth:`synchronize`).  A rule whose update needs autograd runs
+        ``backward(loss, **kwargs)`` here: the module passes its ``manual_backward``, inside
+        which Lightning's DDP all-reduces the gradients.  Default: nothing, the estimate
+        wrote ``.grad`` already."""
+
+    def discard(self) -> None:
+        """Forget what the last :meth:`estimate` left for :meth:`finish`: the step is
+        skipped on every process (default: nothing)."""
 
     def own_optimizers(self, model: nn.Module) -> list[OwnOptimizer]:
         """Parameter groups the rule steps itself (default: none, the module's optimizer)."""

@@ -5,6 +5,13 @@ The perturbation is applied *inside the forward* by hooks: a layer computes
 modified (an interrupted or non-finite step leaves them bit-identical) and the + and −
 passes of every direction run as one concatenated batch.
 
+The rule is composed of parts with one job each: a *structure* (:class:`LowRank` or
+:class:`Dense`: what a direction ``P`` is, how it is drawn, how it changes a layer's output
+and how ``Σ_k c_k P_k`` is formed), an *estimator* (:class:`~bioplausible_lightning.rules.
+base.Antithetic` or :class:`~bioplausible_lightning.rules.base.ForwardDifference`: the
+replicas and their finite differences), the *mode* (where a layer's perturbation and update
+live) and the noise distribution, which the parts draw from.
+
 Perturbation structures (the dominant cost of a naive implementation is drawing
 ``num_weights`` random numbers several times per step):
 
@@ -89,6 +96,146 @@ def _apply(module: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
     return F.linear(x, weight)
 
 
+class PerturbationStructure:
+    """What a layer's random direction ``P_k`` is; one job: draw, apply and sum directions.
+
+    ``like`` is the layer's trainable weight tensor (its shape is ``P``'s); random numbers
+    come from the layer's generator ``gen`` in a fixed order, so a direction that is not
+    stored can be drawn again (:attr:`regenerates`).
+    """
+
+    #: The update draws the directions again from the layer's generator (not stored).
+    regenerates: bool = False
+    #: :meth:`update` can add into an existing ``.grad`` in place.
+    accumulates_in_place: bool = False
+
+    def draw(self, shape: torch.Size, k: int, noise: str, gen: torch.Generator,
+             like: Tensor) -> dict[str, Tensor]:  # fmt: skip
+        """The stored random factors of ``k`` directions of a weight of ``shape``."""
+        return {}
+
+    def direction(self, factors: dict[str, Tensor], j: int, like: Tensor, noise: str,
+                  gen: torch.Generator | None) -> Tensor:  # fmt: skip
+        """Direction ``j`` (unit scale), shaped like ``like``."""
+        raise NotImplementedError
+
+    def output_delta(self, module: nn.Module, xs: Tensor, factors: dict[str, Tensor],
+                     direction: Tensor, sign: Tensor) -> Tensor | None:  # fmt: skip
+        """``σ⁻¹ ×`` every replica's output change ``(R, B, ...)`` in one batched product
+        from its input ``xs``, or None where that needs ``P`` itself (then the rule applies
+        each :meth:`direction`)."""
+        return None
+
+    def add_output_delta(self, module: nn.Module, out: Tensor, xs: Tensor,
+                         factors: dict[str, Tensor], direction: Tensor, sign: Tensor,
+                         sigma: float) -> bool:  # fmt: skip
+        """Add ``σ ×`` every replica's output change into ``out`` and return True, or return
+        False where that needs ``P`` itself (see :meth:`output_delta`)."""
+        delta = self.output_delta(module, xs, factors, direction, sign)
+        if delta is None:
+            return False
+        out.add_(delta, alpha=sigma)
+        return True
+
+    def update(self, factors: dict[str, Tensor], coeff: Tensor, like: Tensor, noise: str,
+               gen: torch.Generator | None, into: Tensor | None = None) -> Tensor:  # fmt: skip
+        """``Σ_k coeff_k P_k``, added into ``into`` in place when given (only where
+        :attr:`accumulates_in_place`), else a new tensor shaped like ``like``."""
+        raise NotImplementedError
+
+    def outer_factors(self, factors: dict[str, Tensor], coeff: Tensor,
+                      like: Tensor) -> tuple[Tensor, Tensor] | None:  # fmt: skip
+        """``(u, v)`` with ``Σ_k coeff_k P_k = u @ vᵀ`` (flattened to ``(out, fan)``), for a
+        structure whose update is a thin outer product; None otherwise."""
+        return None
+
+
+class LowRank(PerturbationStructure):
+    """``P = U Vᵀ / √r`` with stored ``U ∈ R^{out×r}``, ``V ∈ R^{fan×r}``: O(r·(m+n))
+    random numbers per layer and direction; the output change ``((x V) Uᵀ) / √r`` never
+    forms ``P``, and the update is one ``(out × K·r) @ (K·r × fan)`` product."""
+
+    accumulates_in_place = True
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def draw(self, shape: torch.Size, k: int, noise: str, gen: torch.Generator,
+             like: Tensor) -> dict[str, Tensor]:  # fmt: skip
+        fan = math.prod(shape[1:])
+        return {"u": sample_noise((k, shape[0], self.rank), noise, gen, like),
+                "v": sample_noise((k, fan, self.rank), noise, gen, like)}  # fmt: skip
+
+    def direction(self, factors: dict[str, Tensor], j: int, like: Tensor, noise: str,
+                  gen: torch.Generator | None) -> Tensor:  # fmt: skip
+        p = factors["u"][j] @ factors["v"][j].T / math.sqrt(self.rank)
+        return p.view(like.shape)
+
+    def output_delta(self, module: nn.Module, xs: Tensor, factors: dict[str, Tensor],
+                     direction: Tensor, sign: Tensor) -> Tensor:  # fmt: skip
+        scale = sign.view(-1, 1, 1) / math.sqrt(self.rank)
+        u = factors["u"].index_select(0, direction) * scale  # (R, out, r)
+        v = factors["v"].index_select(0, direction)  # (R, fan, r)
+        if not is_conv(module):
+            flat = xs.reshape(xs.shape[0], -1, xs.shape[-1])
+            delta = torch.bmm(torch.bmm(flat, v), u.transpose(1, 2))
+            return delta.view(*xs.shape[:-1], u.shape[1])
+        r, b = xs.shape[:2]
+        kernels = v.transpose(1, 2).reshape(r * self.rank, *weight_param(module).shape[1:])
+        grouped = xs.transpose(0, 1).reshape(b, r * xs.shape[2], *xs.shape[3:])
+        proj = F.conv2d(grouped, kernels, None, module.stride, module.padding,
+                        module.dilation, groups=r)  # fmt: skip
+        proj = proj.view(b, r, self.rank, *proj.shape[2:])
+        return torch.einsum("brkhw,rok->rbohw", proj, u)
+
+    def add_output_delta(self, module: nn.Module, out: Tensor, xs: Tensor,
+                         factors: dict[str, Tensor], direction: Tensor, sign: Tensor,
+                         sigma: float) -> bool:  # fmt: skip
+        if is_conv(module):
+            return super().add_output_delta(module, out, xs, factors, direction, sign, sigma)
+        # a linear layer: accumulate into ``out`` itself, no output-sized temporary
+        u = factors["u"].index_select(0, direction) * (sign.view(-1, 1, 1) / math.sqrt(self.rank))
+        v = factors["v"].index_select(0, direction)
+        flat = xs.reshape(xs.shape[0], -1, xs.shape[-1])
+        out.view(out.shape[0], -1, out.shape[-1]).baddbmm_(
+            torch.bmm(flat, v), u.transpose(1, 2), alpha=sigma
+        )
+        return True
+
+    def outer_factors(self, factors: dict[str, Tensor], coeff: Tensor,
+                      like: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
+        # Σ_k c_k U_k V_kᵀ / √r as one (out × K·r) @ (K·r × fan) product
+        u = (factors["u"] * (coeff / math.sqrt(self.rank)).view(-1, 1, 1)).transpose(0, 1)
+        u = u.reshape(like.shape[0], -1)
+        return u, factors["v"].transpose(0, 1).reshape(-1, u.shape[1])
+
+    def update(self, factors: dict[str, Tensor], coeff: Tensor, like: Tensor, noise: str,
+               gen: torch.Generator | None, into: Tensor | None = None) -> Tensor:  # fmt: skip
+        u, v = self.outer_factors(factors, coeff, like)
+        if into is not None:
+            _add_outer_products(into.view(like.shape[0], -1), u, v)  # in place
+            return into
+        return _add_outer_products(None, u, v).view(like.shape)
+
+
+class Dense(PerturbationStructure):
+    """A full random ``P`` per layer and direction, drawn from the layer's generator in the
+    forward and drawn again (not stored) when the update is formed."""
+
+    regenerates = True
+
+    def direction(self, factors: dict[str, Tensor], j: int, like: Tensor, noise: str,
+                  gen: torch.Generator | None) -> Tensor:  # fmt: skip
+        return sample_noise(like.shape, noise, gen, like)
+
+    def update(self, factors: dict[str, Tensor], coeff: Tensor, like: Tensor, noise: str,
+               gen: torch.Generator | None, into: Tensor | None = None) -> Tensor:  # fmt: skip
+        grad = torch.zeros_like(like)
+        for k in range(coeff.shape[0]):
+            grad.add_(self.direction(factors, k, like, noise, gen), alpha=float(coeff[k]))
+        return grad
+
+
 def _add_outer_products(out: Tensor | None, u: Tensor, v: Tensor) -> Tensor:
     """``out + u @ v.T`` for thin ``u``, ``v``: broadcast products for a few columns, where a
     GEMM with a tiny inner dimension is several times slower on CPU."""
@@ -153,6 +300,12 @@ class WeightPerturbation(PerturbationRule):
         self.distributed = distributed
         self._pending: _PendingUpdate | None = None
 
+    # -- the parts -------------------------------------------------------------------------
+    @property
+    def perturbation_structure(self) -> PerturbationStructure:
+        """The :class:`PerturbationStructure` of the ``structure`` and ``rank`` settings."""
+        return LowRank(self.rank) if self.structure == "lowrank" else Dense()
+
     # -- random factors, regenerated from (step seed, layer) ----------------------------
     def _layer_generator(self, step_seed: int, index: int, device: torch.device) -> torch.Generator:
         gen = torch.Generator(device=device)
@@ -160,25 +313,14 @@ class WeightPerturbation(PerturbationRule):
         return gen
 
     def _factors(self, module: nn.Module, gen: torch.Generator, like: Tensor) -> dict[str, Tensor]:
-        """Random factors of one layer for all directions (dense ones are drawn lazily)."""
+        """Random factors of one layer for all directions: the bias's, then the structure's
+        (a dense structure draws its directions later, from the same generator)."""
         k, w = self.num_directions, weight_param(module)
         factors = {}
         if module.bias is not None and module.bias.requires_grad:
             factors["bias"] = sample_noise((k, w.shape[0]), self.noise, gen, like)
-        if self.structure == "lowrank":
-            fan = math.prod(w.shape[1:])
-            factors["u"] = sample_noise((k, w.shape[0], self.rank), self.noise, gen, like)
-            factors["v"] = sample_noise((k, fan, self.rank), self.noise, gen, like)
+        factors.update(self.perturbation_structure.draw(w.shape, k, self.noise, gen, like))
         return factors
-
-    def _direction(self, module: nn.Module, factors: dict[str, Tensor], k: int,
-                   gen: torch.Generator | None) -> Tensor:  # fmt: skip
-        """The (unit-scale) perturbation ``P_k`` of the layer's weight, weight-shaped."""
-        shape = weight_param(module).shape
-        if self.structure == "lowrank":
-            p = factors["u"][k] @ factors["v"][k].T / math.sqrt(self.rank)
-            return p.view(shape)
-        return sample_noise(shape, self.noise, gen, weight_param(module))
 
     def _multiplicative(self, module: nn.Module) -> bool:
         return self.mode == "multiplicative" and is_exp_dale(module)
@@ -248,7 +390,7 @@ class WeightPerturbation(PerturbationRule):
         device = pending.like.device
         for index, (_, module) in enumerate(pending.layers):
             gen = None
-            if self.structure == "dense":  # regenerate, don't store, the dense directions
+            if self.perturbation_structure.regenerates:  # draw again, don't store, directions
                 gen = self._layer_generator(pending.step_seed, index, device)
                 self._factors(module, gen, pending.like)  # replay the generator up to them
             self._accumulate(module, pending.factors[index], pending.coeff, gen)
@@ -282,40 +424,21 @@ class WeightPerturbation(PerturbationRule):
             if not is_conv(module):
                 bshape = (replicas,) + (1,) * (output.ndim - 1) + (-1,)
             out.add_((factors["bias"][direction] * sign[:, None]).view(bshape), alpha=self.sigma)
-        if self.structure == "lowrank" and not self._multiplicative(module):
-            self._add_lowrank_delta(module, out, xs, factors, direction, sign)
-            return
-        weight = module.weight if self._multiplicative(module) else None  # cached: no recompute
+        structure = self.perturbation_structure
+        multiplicative = self._multiplicative(module)
+        if not multiplicative:  # additive: the structure's batched product, where it has one
+            if structure.add_output_delta(module, out, xs, factors, direction, sign, self.sigma):
+                return
+        weight = module.weight if multiplicative else None  # cached: no recompute
+        like = weight_param(module)
         for k in range(self.num_directions):
             rows = torch.nonzero((direction == k) & (sign != 0)).flatten()
-            p = self._direction(module, factors, k, gen)
+            p = structure.direction(factors, k, like, self.noise, gen)
             if weight is not None:
                 p = p * weight
             chunk = xs[rows].reshape(-1, *x.shape[1:])
             delta = _apply(module, chunk, p).view(len(rows), -1, *output.shape[1:])
             out[rows] += delta * (self.sigma * sign[rows]).view(-1, *([1] * output.ndim))
-
-    def _add_lowrank_delta(self, module: nn.Module, out: Tensor, xs: Tensor,
-                           factors: dict[str, Tensor], direction: Tensor,
-                           sign: Tensor) -> None:  # fmt: skip
-        """Add every replica's output change to ``out``, without forming ``U Vᵀ`` (and, for
-        a linear layer, accumulating into ``out``: no output-sized temporary)."""
-        scale = sign.view(-1, 1, 1) / math.sqrt(self.rank)
-        u = factors["u"].index_select(0, direction) * scale  # (R, out, r)
-        v = factors["v"].index_select(0, direction)  # (R, fan, r)
-        if not is_conv(module):
-            flat = xs.reshape(xs.shape[0], -1, xs.shape[-1])
-            out.view(out.shape[0], -1, out.shape[-1]).baddbmm_(
-                torch.bmm(flat, v), u.transpose(1, 2), alpha=self.sigma
-            )
-            return
-        r, b = xs.shape[:2]
-        kernels = v.transpose(1, 2).reshape(r * self.rank, *weight_param(module).shape[1:])
-        grouped = xs.transpose(0, 1).reshape(b, r * xs.shape[2], *xs.shape[3:])
-        proj = F.conv2d(grouped, kernels, None, module.stride, module.padding,
-                        module.dilation, groups=r)  # fmt: skip
-        proj = proj.view(b, r, self.rank, *proj.shape[2:])
-        out.add_(torch.einsum("brkhw,rok->rbohw", proj, u), alpha=self.sigma)
 
     def _accumulate(self, module: nn.Module, factors: dict[str, Tensor], coeff: Tensor,
                     gen: torch.Generator | None) -> None:  # fmt: skip
@@ -323,22 +446,18 @@ class WeightPerturbation(PerturbationRule):
             accumulate_param_grad(module.bias, coeff @ factors["bias"])
         param = weight_param(module)
         multiplicative = self._multiplicative(module)
-        if self.structure == "lowrank":
-            # Σ_k c_k U_k V_kᵀ / √r as one (out × K·r) @ (K·r × fan) product
-            u = (factors["u"] * (coeff / math.sqrt(self.rank)).view(-1, 1, 1)).transpose(0, 1)
-            u = u.reshape(param.shape[0], -1)
-            v = factors["v"].transpose(0, 1).reshape(-1, u.shape[1])
-            direct = multiplicative or not is_weight_parametrized(module)
-            if direct and param.grad is not None:
-                _add_outer_products(param.grad.view(param.shape[0], -1), u, v)  # in place
+        structure = self.perturbation_structure
+        # the raw tensor receives the update in place where nothing maps it (θ itself, or an
+        # unparametrised weight); else it goes through the parametrisation's chain rule
+        direct = multiplicative or not is_weight_parametrized(module)
+        if direct and structure.accumulates_in_place:
+            if param.grad is not None:
+                structure.update(factors, coeff, param, self.noise, gen, into=param.grad)
                 return
-            if direct and write_outer_in_place(param, u, v):  # inplace_update: no temporary
+            outer = structure.outer_factors(factors, coeff, param)
+            if outer is not None and write_outer_in_place(param, *outer):  # inplace_update
                 return
-            grad = _add_outer_products(None, u, v).view(param.shape)
-        else:
-            grad = torch.zeros_like(param)
-            for k in range(self.num_directions):
-                grad.add_(self._direction(module, factors, k, gen), alpha=float(coeff[k]))
+        grad = structure.update(factors, coeff, param, self.noise, gen)
         if multiplicative:
             accumulate_param_grad(param, grad)
         else:
