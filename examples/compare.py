@@ -21,6 +21,7 @@ overrides after the path, separated by spaces:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shlex
 import sys
@@ -51,6 +52,20 @@ def _learner(text: str) -> Learner:
     return Learner(name.strip(), words[0], tuple(words[1:]))
 
 
+def _with_checkpoints(learners: list[Learner], specs: list[str]) -> list[Learner]:
+    paths = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise SystemExit(f"--checkpoint {spec!r}: expected NAME=PATH")
+        paths[name.strip()] = path.strip()
+    unknown = sorted(set(paths) - {lr.name for lr in learners})
+    if unknown:
+        raise SystemExit(f"--checkpoint: no learner named {unknown}; learners: "
+                         f"{[lr.name for lr in learners]}")  # fmt: skip
+    return [dataclasses.replace(lr, checkpoint=paths.get(lr.name, "")) for lr in learners]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="digits, tiny budgets (the smoke test)")
@@ -75,9 +90,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="append the Hebbian peers' presets (Krotov-Hopfield, SoftHebb) to the learners",
     )
+    p.add_argument(
+        "--checkpoint",
+        dest="checkpoints",
+        action="append",
+        default=None,
+        help="NAME=PATH: evaluate learner NAME's trained checkpoint (from "
+        "`bioplausible-lightning fit --config` of its config) instead of training it in the "
+        "main run (repeat)",
+    )
     p.add_argument("--reference", help="clean-gap reference and transfer source")
     p.add_argument("--reference-source", help="transfer source for the reference")
-    p.add_argument("--goal-learner", help="the learner issue 7's goals are checked for")
+    p.add_argument("--goal-learner",
+                   help="the learners issue 7's goals are checked for (comma list; default "
+                   "hebbian,hebbian-dot)")
     sizes = p.add_argument_group("budgets (override the --quick / full defaults)")
     sizes.add_argument("--epochs", type=int, help="every learner (default: its config's)")
     sizes.add_argument("--eps", type=_floats, help="e.g. 0.05,0.1 or 2/255,8/255")
@@ -108,13 +134,17 @@ def main(argv: list[str] | None = None) -> dict:
         k: v
         for k, v in vars(args).items()
         if v is not None
-        and k not in ("quick", "dataset", "data_dir", "out", "no_download", "peers")
+        and k not in ("quick", "dataset", "data_dir", "out", "no_download", "peers",
+                      "checkpoints")
     }
     if args.peers:
         if args.dataset not in PEER_LEARNERS:
             raise SystemExit(f"--peers: no peer presets for --dataset {args.dataset}")
         base = overrides.get("learners") or list(DEFAULT_LEARNERS[args.dataset])
         overrides["learners"] = [*base, *PEER_LEARNERS[args.dataset]]
+    if args.checkpoints:
+        base = overrides.get("learners") or list(DEFAULT_LEARNERS[args.dataset])
+        overrides["learners"] = _with_checkpoints(base, args.checkpoints)
     for key in ("attacks", "sections"):
         if key in overrides:
             overrides[key] = [s.strip() for s in overrides[key].split(",") if s.strip()]

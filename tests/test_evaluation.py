@@ -436,7 +436,7 @@ def test_learners_are_built_from_the_cli_configs(digits_data):
     )
     from bioplausible_lightning.evaluation.learners import DEFAULT_LEARNERS, LearnerRun
 
-    node, bp_dale, bp, hebbian = (LearnerRun(lr) for lr in DEFAULT_LEARNERS["mnist"])
+    node, bp_dale, bp, hebbian, _ = (LearnerRun(lr) for lr in DEFAULT_LEARNERS["mnist"])
     five = digits_data.resplit(classes=[0, 1, 2, 3, 4])
     model = bp_dale.model(five, seed=3, hidden_sizes=[16, 16])  # the data's shape and classes
     assert model.input_shape == (1, 8, 8) and model.layers[-1].out_features == 5
@@ -461,8 +461,54 @@ def test_every_default_learner_config_parses():
 
     for dataset in ("digits", "mnist", "cifar10"):  # imagefolder: the cifar10 files
         runs = [LearnerRun(lr) for lr in DEFAULT_LEARNERS[dataset]]
-        assert [r.label_free_hidden() for r in runs] == [False] * 3 + [True], dataset
+        hebbian = 2 if dataset == "mnist" else 1  # mnist: both configurations of the rule
+        assert [r.label_free_hidden() for r in runs] == [False] * 3 + [True] * hebbian, dataset
         assert all(r.max_epochs and r.width() for r in runs), dataset
+
+
+def test_a_label_free_stage_keeps_its_share_of_any_budget(digits_data):
+    from bioplausible_lightning.evaluation import Learner
+    from bioplausible_lightning.evaluation.learners import LearnerRun
+
+    run = LearnerRun(Learner("dot", "examples/mnist_hebbian_dot.yaml"))  # 2100 of 25 epochs
+    model = run.model(digits_data, 0)
+    assert run.module(model, epochs=25).rule.readout_start == 2100
+    assert run.module(model, epochs=2).rule.readout_start == 168
+    assert run.module(model, steps=100, epoch_steps=141).rule.readout_start == 60
+    with pytest.raises(ValueError, match="epoch_steps"):
+        run.module(model, steps=100)
+    conv = LearnerRun(Learner("conv", "examples/cifar10_softhebb.yaml"))  # nested settings
+    module = conv.module(model, epochs=6)
+    assert (module.rule.readout_start, module.rule.hebbian.layer_steps) == (423, 141)
+    node = LearnerRun(Learner("np", "examples/mnist.yaml"))  # nothing counted in steps
+    assert node.module(node.model(digits_data, 0), steps=10).rule.sigma == 0.05
+
+
+def test_a_learner_checkpoint_is_evaluated_instead_of_trained(tmp_path, digits_data):
+    import dataclasses
+
+    from bioplausible_lightning.evaluation import Learner
+    from bioplausible_lightning.evaluation.learners import LearnerRun
+
+    learner = Learner("np", "examples/digits.yaml")
+    run = LearnerRun(learner)
+    module = run.module(run.model(digits_data, 0), epochs=1)
+    saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="np")  # as the CLI
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1,
+                        logger=False, callbacks=[saver], enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.fit(module, digits_data.resplit(batch_size=64))
+    saved = LearnerRun(dataclasses.replace(learner, checkpoint=str(tmp_path / "np.ckpt")))
+    fresh = saved.module(saved.model(digits_data, 0), epochs=1)
+    assert saved.load_checkpoint(fresh) == 2  # epochs trained
+    for (name, a), b in zip(module.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(fresh.rule.state_dict()["generator_state"],
+                       module.rule.state_dict()["generator_state"])
+    assert "np.ckpt" in saved.describe()
+    missing = LearnerRun(dataclasses.replace(learner, checkpoint=str(tmp_path / "no.ckpt")))
+    with pytest.raises(ValueError, match="no such file"):
+        missing.load_checkpoint(fresh)
 
 
 def test_learner_config_errors_name_the_file():
@@ -510,4 +556,11 @@ def test_check_goals_reports_met_and_missed_for_the_goal_learner():
     report["goals"] = list(goals.values())
     summary = summary_markdown(report)
     assert "## Issue 7's goals (MNIST) for hebbian" in summary
-    assert "| depth 8 ≥ depth 1 − 5 pts | -6.0 points | **missed** |" in summary
+    assert "| depth 8 ≥ depth 1 − 5 pts | -6.0 points, **missed** |" in summary
+    report["config"]["goal_learner"] = "hebbian,absent,backprop-dale"  # one column each
+    both = check_goals(report)
+    assert {g["learner"] for g in both} == {"hebbian", "backprop-dale"}
+    report["goals"] = both
+    summary = summary_markdown(report)
+    assert "| Goal | hebbian | backprop-dale |" in summary
+    assert "| clean ≥ Dale backprop − 0.5 pt | -0.3 points, met | +0.0 points, met |" in summary

@@ -259,5 +259,11 @@ def test_subsampling_is_deterministic_and_leaves_the_global_rng_alone() -> None:
 def test_fraction_positive_and_degenerate_inputs() -> None:
     assert fraction_positive(torch.tensor([1.0, -1.0, 0.0, 2.0])) == pytest.approx(0.5)
     assert math.isnan(lognormal_fit(torch.zeros(10)).ks_lognormal)
+    decayed = torch.tensor([1.0, 0.5, -1e-6, -2e-7, 0.8, -0.3])  # two negatives near zero
+    assert fraction_positive(decayed) == pytest.approx(0.5)
+    assert fraction_positive(decayed, tol=1e-3) == pytest.approx(0.75)
+    assert math.isnan(fraction_positive(decayed, tol=10.0))
+    with pytest.raises(ValueError, match="tol=-1"):
+        fraction_positive(decayed, tol=-1.0)
     out = weight_distribution(torch.full((4, 4), 0.5))  # one magnitude: no spread to fit
     assert math.isnan(out["ks_lognormal"]) and out["log_abs_std"] == 0.0

@@ -37,12 +37,17 @@ class Learner:
         args: LightningCLI-style overrides applied after it, e.g.
             ``("--model", "bioplausible_lightning.BackpropModule")``.
         description: One line for the summary (default: the config and the overrides).
+        checkpoint: A checkpoint of this config written by ``bioplausible-lightning fit``
+            (or any Lightning checkpoint of the same module): the report evaluates its
+            weights instead of training the learner in the main run; the other sections
+            still train from scratch.  Empty: train.
     """
 
     name: str
     config: str
     args: tuple[str, ...] = ()
     description: str = ""
+    checkpoint: str = ""
 
 
 _BACKPROP = ("--model", "bioplausible_lightning.BackpropModule")
@@ -66,7 +71,12 @@ def _learners(prefix: str) -> tuple[Learner, ...]:
 #: in the YAML files).
 DEFAULT_LEARNERS: dict[str, tuple[Learner, ...]] = {
     "digits": _learners("digits"),
-    "mnist": _learners("mnist"),
+    "mnist": (
+        *_learners("mnist"),
+        Learner("hebbian-dot", "examples/mnist_hebbian_dot.yaml",
+                description="HebbianPerturbation with competition on the responses (dot "
+                            "product), 15 label-free epochs first"),
+    ),
     "cifar10": _learners("cifar10"),
     "imagefolder": _learners("cifar10"),
 }
@@ -217,7 +227,27 @@ class LearnerRun:
     def describe(self) -> str:
         overrides = f" {' '.join(self.learner.args)}" if self.learner.args else ""
         what = f"{self.learner.description}: " if self.learner.description else ""
-        return f"{what}`{self.learner.config}{overrides}`, batch {self.batch_size}"
+        ckpt = self.learner.checkpoint
+        ckpt = f"; main run: the weights of `{ckpt}`" if ckpt else ""
+        return f"{what}`{self.learner.config}{overrides}`, batch {self.batch_size}{ckpt}"
+
+    def load_checkpoint(self, module: L.LightningModule) -> int:
+        """Load :attr:`Learner.checkpoint`'s weights (and rule state) into ``module``;
+        returns the epochs it was trained for."""
+        import torch
+
+        path = Path(self.learner.checkpoint)
+        if not path.is_file():
+            raise ValueError(f"checkpoint={str(path)!r} is invalid: no such file.")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if "state_dict" not in ckpt:
+            raise ValueError(
+                f"checkpoint={str(path)!r} is invalid: not a Lightning checkpoint (no "
+                "'state_dict')."
+            )
+        module.load_state_dict(ckpt["state_dict"])
+        module.on_load_checkpoint(ckpt)
+        return int(ckpt.get("epoch", -1)) + 1
 
 
 #: Rule settings counted in optimizer steps, scaled with the budget by LearnerRun.module.

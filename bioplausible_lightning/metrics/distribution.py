@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._validation import check_nonnegative
 from .activity import count_nonfinite
 
 
@@ -112,10 +113,20 @@ def _fit_sorted(magnitude: Tensor) -> LognormalFit:
     return LognormalFit(ks_log, ks_norm, float(mu), float(sigma))
 
 
-def fraction_positive(weight: Tensor, max_samples: int = 100_000) -> float:
+def fraction_positive(
+    weight: Tensor, max_samples: int = 100_000, tol: float | None = None
+) -> float:
     """Fraction of finite weights that are strictly positive (``nan`` if none is finite);
-    exact up to ``max_samples`` weights, estimated on that many beyond."""
+    exact up to ``max_samples`` weights, estimated on that many beyond.
+
+    With ``tol``, only weights with ``|w| > tol`` are counted: under Hebbian decay a weight
+    whose input is never active shrinks towards zero but keeps its sign, so a plain count
+    also measures how long the decay has run.
+    """
     sample = sample_values(weight, max_samples)
+    if tol is not None:
+        check_nonnegative("tol", tol)
+        sample = sample[sample.abs() > tol]
     return float((sample > 0).double().mean()) if sample.numel() else math.nan
 
 

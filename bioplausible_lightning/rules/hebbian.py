@@ -281,6 +281,9 @@ class CompetitiveHebbian(LearningRule):
         decay = self.current_lr_factor()
         if self.normalize == "max":
             step = -decay * delta / delta.abs().max().clamp_min(1e-30)
+            if self.adaptive_rate:  # SoftHebb's conv layers: the max step, per-unit rates
+                adapt = (norms - 1).abs().clamp_min(1e-10).sqrt()
+                step = step * (adapt if active is None else adapt[active])[:, None]
         else:
             rate = torch.full_like(yu, self.lr)
             if self.adaptive_rate:
