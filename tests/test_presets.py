@@ -112,6 +112,28 @@ def test_softhebb_update_equals_hand_computation():
                                    rtol=1e-10, atol=1e-12)  # fmt: skip
 
 
+def test_max_normalised_step_with_per_unit_rates_equals_hand_computation():
+    # SoftHebb's conv update: Δw = y(x − u w) summed over rows, divided by its largest
+    # entry, then scaled per unit by sqrt(|‖w_i‖ − 1|) and the rate
+    torch.manual_seed(6)
+    layer = nn.Linear(3, 4, bias=False).double()
+    with torch.no_grad():
+        layer.weight.mul_(torch.tensor([[0.2], [1.0], [2.5], [4.0]], dtype=torch.float64))
+        layer.weight[1] /= layer.weight[1].norm()  # on the unit sphere: converged
+    x = torch.rand(5, 3, dtype=torch.float64)
+    w = layer.weight.detach().clone()
+    u = x @ w.T
+    y = torch.softmax(u / 0.5, dim=1)
+    delta = (y.T @ x) / 5 - (y * u).mean(0)[:, None] * w
+    step = delta / delta.abs().max()
+    expected = 0.3 * (w.norm(dim=1) - 1).abs().clamp_min(1e-10).sqrt()[:, None] * step
+    rule = CompetitiveHebbian(lr=0.3, temperature=0.5, homeostasis=0.0, similarity="dot",
+                              normalize="max", adaptive_rate=True)  # fmt: skip
+    _step(rule, layer, x)
+    torch.testing.assert_close(layer.weight.detach() - w, expected, rtol=1e-10, atol=1e-12)
+    assert expected[1].abs().max() < 1e-3 * expected.abs().max()  # a converged unit waits
+
+
 def test_hard_competition_with_dot_similarity_equals_hand_computation():
     torch.manual_seed(5)
     layer = nn.Linear(3, 5, bias=False).double()

@@ -28,7 +28,9 @@ input patch), each example's units compete and the winners move towards the inpu
   ``η_i = η / max(1, 2 η · mean_b y_i u_i)`` (the decay factor of one step never
   overshoots, whatever the input scale or how often the unit won), times
   ``sqrt(|‖w_i‖ − 1|)`` with ``adaptive_rate=True`` (SoftHebb: a converged unit slows down);
-  ``normalize="max"`` divides the layer's update by its largest entry (Krotov–Hopfield), and
+  ``normalize="max"`` divides the layer's update by its largest entry (Krotov–Hopfield;
+  with ``adaptive_rate=True`` each unit's row is then scaled by ``sqrt(|‖w_i‖ − 1|)``, the
+  update of SoftHebb's convolutional layers), and
   ``lr_decay_steps`` lets ``η`` fall linearly to 0 over that many updates.
 
 The update is written as ``p.grad = −Δw / η`` for an SGD optimizer of the rule's own with
@@ -123,7 +125,8 @@ class CompetitiveHebbian(LearningRule):
         k: Winners per example for ``"hard"`` (>= 1); the anti-Hebbian rank for
             ``"rank"`` (>= 2); fewer than the layer's units.
         homeostasis: Threshold rate ``η_θ`` (>= 0; 0 switches homeostasis off).
-        adaptive_rate: Scale each unit's rate by ``sqrt(|‖w_i‖ − 1|)`` (SoftHebb).
+        adaptive_rate: Scale each unit's rate by ``sqrt(|‖w_i‖ − 1|)`` (SoftHebb; with either
+            ``normalize``).
         layers: ``fnmatch`` patterns of the layers to train (default: every supported
             layer of the model; :class:`HebbianPerturbation` passes the hidden ones).
         layer_steps: Greedy training: layer ``l`` (in forward order) learns during
