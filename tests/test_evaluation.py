@@ -461,9 +461,12 @@ def test_every_default_learner_config_parses():
 
     for dataset in ("digits", "mnist", "cifar10"):  # imagefolder: the cifar10 files
         runs = [LearnerRun(lr) for lr in DEFAULT_LEARNERS[dataset]]
-        hebbian = 2 if dataset == "mnist" else 1  # mnist: both configurations of the rule
-        assert [r.label_free_hidden() for r in runs] == [False] * 3 + [True] * hebbian, dataset
-        assert all(r.max_epochs and r.width() for r in runs), dataset
+        expected = {"mnist": [True, True],  # both configurations of the rule
+                    "cifar10": [True, False],  # and backprop on the conv presets' network
+                    "digits": [True]}[dataset]  # fmt: skip
+        assert [r.label_free_hidden() for r in runs] == [False] * 3 + expected, dataset
+        assert all(r.max_epochs for r in runs), dataset
+        assert all(r.width() for r in runs if r.name != "backprop-cnn"), dataset
 
 
 def test_a_label_free_stage_keeps_its_share_of_any_budget(digits_data):

@@ -77,7 +77,11 @@ DEFAULT_LEARNERS: dict[str, tuple[Learner, ...]] = {
                 description="HebbianPerturbation with competition on the responses (dot "
                             "product), 15 label-free epochs first"),
     ),
-    "cifar10": _learners("cifar10"),
+    "cifar10": (
+        *_learners("cifar10"),
+        Learner("backprop-cnn", "examples/cifar10_backprop_cnn.yaml",
+                description="backprop on the SoftHebb conv network (the conv presets' model)"),
+    ),
     "imagefolder": _learners("cifar10"),
 }
 

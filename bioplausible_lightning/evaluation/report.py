@@ -451,9 +451,12 @@ def fewshot_c_section(ctx: Context) -> dict[str, Any]:
 def depth_section(ctx: Context) -> dict[str, Any]:
     """Test accuracy of deeper variants of each learner's model (hidden width repeated)."""
     cfg = ctx.config
-    accs, widths = {}, {}
+    accs, widths, skipped = {}, {}, []
     protocol = ""
     for name, run in ctx.learners.items():
+        if not run.model_args.get("hidden_sizes"):  # e.g. a conv stack: nothing to repeat
+            skipped.append(name)
+            continue
         width = cfg.depth_width or run.width()
         widths[name] = width
 
@@ -469,7 +472,9 @@ def depth_section(ctx: Context) -> dict[str, Any]:
         "accuracy": accs,
         "width": widths,
         "protocol": f"each learner's model with D hidden layers of width {_widths(widths)}; "
-                    + protocol,
+                    + protocol
+                    + (f"; not run for {', '.join(skipped)} (no hidden_sizes to repeat)"
+                       if skipped else ""),
     }}  # fmt: skip
 
 
