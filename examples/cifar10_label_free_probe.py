@@ -35,18 +35,24 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar
 
 def train_label_free(model: SoftHebbConvNet, images: torch.Tensor, lr: float, batch: int,
                      seed: int) -> None:  # fmt: skip
-    """One epoch per conv layer, from the input up, with the preset's settings."""
+    """One epoch per conv layer, from the input up, with the preset's settings.  ``lr=0``
+    runs the same forward passes without plasticity: the BatchNorm statistics are then
+    measured on the same data, so rate 0 differs from the others in the weights alone."""
     convs = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     gen = torch.Generator().manual_seed(seed)
     no_labels = torch.zeros(batch, dtype=torch.long)
     model.train()
     for name in convs:
-        rule = SoftHebb(lr=lr, temperature=1.0, anti_hebbian=1.0, layers=[name])
+        rule = SoftHebb(lr=lr or 1.0, temperature=1.0, anti_hebbian=1.0, layers=[name])
         (own,) = rule.own_optimizers(model)
         optimizer = own.factory(own.params)
         order = torch.randperm(len(images), generator=gen)
         for i in range(0, len(images), batch):
             x = images[order[i : i + batch]]
+            if lr == 0:
+                with torch.no_grad():
+                    model(x)  # BatchNorm statistics only
+                continue
             rule.estimate(model, lambda out, y: out.new_zeros(len(y)), x, no_labels[: len(x)])
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -108,8 +114,7 @@ def main() -> None:
     for lr in [float(r) for r in args.rates.split(",")]:
         model = SoftHebbConvNet((3, 32, 32), 10, (24, 96, 384), seed=args.seed)
         t0 = time.perf_counter()
-        if lr > 0:
-            train_label_free(model, x_train, lr, args.batch, args.seed)
+        train_label_free(model, x_train, lr, args.batch, args.seed)
         seconds = time.perf_counter() - t0
         acc = linear_probe((features(model, x_train), y_train),
                            (features(model, x_test), y_test), args.probe_epochs, args.seed)
