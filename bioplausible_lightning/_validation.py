@@ -153,8 +153,13 @@ def check_instance(
         return
     if not isinstance(value, types):
         classes = types if isinstance(types, tuple) else (types,)
-        what = what or " or ".join(f"a {_type_name(t)}" for t in classes)
+        what = what or " or ".join(_with_article(_type_name(t)) for t in classes)
         _invalid(name, value, f"it must be {what}" + (" or None" if optional else ""))
+
+
+def _with_article(noun: str) -> str:
+    vowel_sound = noun[0].lower() in "aeiou" or noun.startswith("nn.")
+    return f"{'an' if vowel_sound else 'a'} {noun}"
 
 
 def _type_name(t: type) -> str:

@@ -29,8 +29,8 @@ class InputNormalization(nn.Module):
         super().__init__()
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
-        if (std_t <= 0).any():
-            raise ValueError(f"std={std!r} is invalid: every entry must be > 0.")
+        if not bool((std_t > 0).all() and torch.isfinite(std_t).all()):
+            raise ValueError(f"std={std!r} is invalid: every entry must be a finite number > 0.")
         self.register_buffer("mean", mean_t)
         self.register_buffer("std", std_t)
 
