@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ._validation import check_min_int
+
 #: Bucket size of the gradient all-reduce: DDP's default (``bucket_cap_mb=25``).
 DEFAULT_BUCKET_BYTES = 25 * 1024 * 1024
 
@@ -72,8 +74,7 @@ def all_reduce_mean_(
     gradient exchange bandwidth-bound instead of latency-bound.  The sum is divided by
     ``world_size`` on every process alike, so the result is bit-identical everywhere.
     """
-    if world_size < 1:
-        raise ValueError(f"world_size={world_size!r} is invalid: it must be an int >= 1.")
+    check_min_int("world_size", world_size)
     if world_size == 1 or not tensors:
         return 0
     reduce = dist.all_reduce if all_reduce is None else all_reduce
@@ -126,8 +127,7 @@ class Reducer:
     def __init__(
         self, world_size: int, group: Any = None, all_reduce: AllReduce | None = None
     ) -> None:
-        if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
-            raise ValueError(f"world_size={world_size!r} is invalid: it must be an int >= 1.")
+        check_min_int("world_size", world_size)
         self.world_size = world_size
         self.group = group
         self._all_reduce = all_reduce

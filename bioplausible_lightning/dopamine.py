@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._validation import check_in_range, check_min_int
+from ._validation import check_finite, check_in_range, check_instance, check_min, check_min_int
 
 
 class DopamineStepSize:
@@ -66,17 +66,12 @@ class DopamineStepSize:
         min_scale: float = 0.1,
         max_scale: float = 10.0,
     ) -> None:
-        if not isinstance(optimizer, Optimizer):
-            raise ValueError(
-                f"optimizer={optimizer!r} is invalid: expected a torch.optim.Optimizer."
-            )
+        check_instance("optimizer", optimizer, Optimizer)
         check_in_range("beta", beta, 0.0, 1.0, high_open=True)
-        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma != 0):
-            raise ValueError(f"gamma={gamma!r} is invalid: it must be a finite number != 0.")
+        check_finite("gamma", gamma, nonzero=True)
         check_min_int("warmup", warmup, 1)
         check_in_range("min_scale", min_scale, 0.0, 1.0, low_open=True)
-        if not (isinstance(max_scale, (int, float)) and max_scale >= 1.0):
-            raise ValueError(f"max_scale={max_scale!r} is invalid: it must be a number >= 1.")
+        check_min("max_scale", max_scale, 1, finite=False)
         self.optimizer = optimizer
         self.beta = float(beta)
         self.gamma = float(gamma)

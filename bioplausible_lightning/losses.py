@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._validation import check_choice
+
 PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -28,8 +30,5 @@ def resolve_loss(loss: str | PerSampleLoss) -> PerSampleLoss:
     """Map a loss name to its function; a callable must return one value per example."""
     if callable(loss):
         return loss
-    if loss not in LOSSES:
-        raise ValueError(
-            f"loss={loss!r} is invalid: allowed names are {sorted(LOSSES)} or a callable."
-        )
+    check_choice("loss", loss, sorted(LOSSES), hint="or a callable")
     return LOSSES[loss]

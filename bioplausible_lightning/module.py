@@ -11,7 +11,7 @@ identically, which is what makes the comparison fair.  :class:`PerturbationModul
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -22,7 +22,14 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from . import lean
-from ._validation import check_bool, check_callable, check_choice, check_min_int, check_positive
+from ._validation import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_instance,
+    check_min_int,
+    check_positive,
+)
 from .distributed import Reducer, all_processes_agree, all_reduce_mean_
 from .dopamine import AdapterRunner, StepSizeAdapterCallable
 from .losses import PerSampleLoss, resolve_loss
@@ -30,6 +37,7 @@ from .rules.backprop import Backprop
 from .rules.rule import LearningRule
 
 ClipAlgorithm = Literal["norm", "value"]
+SchedulerInterval = Literal["epoch", "step"]
 
 #: Learning rate of the default optimizer.  The packaged CLI config names no optimizer and
 #: no rule settings, so ``PerturbationModule(model)`` and ``bioplausible-lightning fit`` train
@@ -151,7 +159,7 @@ class ClassifierModule(L.LightningModule):
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         *,
-        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        lr_scheduler_interval: SchedulerInterval = "epoch",
         lr_scheduler_frequency: int = 1,
         lr_scheduler_monitor: str = "val/loss",
         loss: str | PerSampleLoss = "cross_entropy",
@@ -163,21 +171,18 @@ class ClassifierModule(L.LightningModule):
         inplace_update: bool = False,
     ) -> None:
         super().__init__()
-        if model is not None and not isinstance(model, nn.Module):
-            raise ValueError(f"model={model!r} is invalid: it must be an nn.Module or None.")
+        check_instance("model", model, nn.Module, optional=True)
         check_callable("optimizer", optimizer)
         check_callable("lr_scheduler", lr_scheduler, optional=True)
-        check_choice("lr_scheduler_interval", lr_scheduler_interval, ("epoch", "step"))
+        check_choice("lr_scheduler_interval", lr_scheduler_interval, get_args(SchedulerInterval))
         check_min_int("lr_scheduler_frequency", lr_scheduler_frequency)
-        if not isinstance(lr_scheduler_monitor, str):
-            raise ValueError(
-                f"lr_scheduler_monitor={lr_scheduler_monitor!r} is invalid: it must be a "
-                "metric name (str)."
-            )
+        check_instance(
+            "lr_scheduler_monitor", lr_scheduler_monitor, str, what="a metric name (str)"
+        )
         check_min_int("accumulate_grad_batches", accumulate_grad_batches)
         if gradient_clip_val is not None:
             check_positive("gradient_clip_val", gradient_clip_val)
-        check_choice("gradient_clip_algorithm", gradient_clip_algorithm, ("norm", "value"))
+        check_choice("gradient_clip_algorithm", gradient_clip_algorithm, get_args(ClipAlgorithm))
         check_min_int("max_consecutive_skips", max_consecutive_skips)
         check_bool("inplace_update", inplace_update)
         self.automatic_optimization = False
@@ -213,12 +218,11 @@ class ClassifierModule(L.LightningModule):
             from .rules import NodePerturbation
 
             rule = NodePerturbation()
-        if not isinstance(rule, LearningRule):
-            raise ValueError(
-                f"rule={rule!r} is invalid: expected a LearningRule (NodePerturbation, "
-                "WeightPerturbation, CompetitiveHebbian, HebbianPerturbation, Backprop, or a "
-                "subclass)."
-            )
+        check_instance(
+            "rule", rule, LearningRule,
+            what="a LearningRule (NodePerturbation, WeightPerturbation, CompetitiveHebbian, "
+            "HebbianPerturbation, Backprop, or a subclass)",
+        )  # fmt: skip
         if step_size_adapter is not None and isinstance(rule, Backprop):
             raise ValueError(
                 f"step_size_adapter={step_size_adapter!r} is invalid with rule={rule!r}: the "

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_bool, check_nonnegative
+from .._validation import check_bool, check_callable, check_nonnegative
 from ..metrics.dale import count_sign_flips, dale_statistics, sign_pattern
 from ..metrics.layers import WEIGHT_LAYER_TYPES, WeightGetter, default_weight_getter
 from ..metrics.layers import presynaptic_layout as _layout
@@ -56,11 +56,10 @@ class DaleLawMonitor(Monitor):
         tol: float = 0.0,
         track_sign_flips: bool = True,
     ) -> None:
-        if weight_getter is not None and not callable(weight_getter):
-            raise ValueError(
-                f"weight_getter={weight_getter!r} is invalid: allowed is a callable "
-                "module -> Tensor | None, or None for `.weight` of known layers."
-            )
+        check_callable(
+            "weight_getter", weight_getter, optional=True,
+            hint="module -> Tensor | None; None reads `.weight` of known layers",
+        )  # fmt: skip
         if layer_types is None and weight_getter is not None:
             layer_types = (nn.Module,)
         super().__init__(log_every_n_steps, log_on_epoch_end, layer_types, name_pattern)

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import move_data_to_device
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 
-from .._validation import check_callable, check_nonnegative, is_number
+from .._validation import check_callable, check_fraction, check_min_int, check_nonnegative
 from ..metrics.activity import activity_sparsity, weight_sparsity
 from ..metrics.layers import ACTIVATION_TYPES, WEIGHT_LAYER_TYPES, default_weight_getter, unit_dim
 from .base import TRAINER_INTERVAL, Interval, Monitor
@@ -110,15 +110,8 @@ class SparsityMonitor(Monitor):
     ) -> None:
         super().__init__(log_every_n_steps, log_on_epoch_end, layer_types, name_pattern)
         check_nonnegative("activity_tol", activity_tol)
-        if not (is_number(weight_rel_threshold) and 0 <= weight_rel_threshold < 1):
-            raise ValueError(
-                f"weight_rel_threshold={weight_rel_threshold!r} is invalid: allowed is [0, 1)."
-            )
-        if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 2:
-            raise ValueError(
-                f"probe_size={probe_size!r} is invalid: it must be an int >= 2 "
-                "(lifetime sparseness needs two samples)."
-            )
+        check_fraction("weight_rel_threshold", weight_rel_threshold)
+        check_min_int("probe_size", probe_size, 2, hint="lifetime sparseness needs two samples")
         self.activity_tol = activity_tol
         self.weight_rel_threshold = weight_rel_threshold
         self.probe_size = probe_size

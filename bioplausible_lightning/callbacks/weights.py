@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
-from .._validation import check_bool
+from .._validation import check_bool, check_callable, check_min_int
 from ..metrics.distribution import sample_values, weight_distribution
 from ..metrics.layers import WEIGHT_LAYER_TYPES, WeightGetter, default_weight_getter
 from .base import TRAINER_INTERVAL, Interval, Monitor, logger_step
@@ -62,16 +62,14 @@ class WeightDistributionMonitor(Monitor):
         save_figure: bool = False,
         figure_name: str = "weight_distributions.png",
     ) -> None:
-        if weight_getter is not None and not callable(weight_getter):
-            raise ValueError(
-                f"weight_getter={weight_getter!r} is invalid: allowed is a callable "
-                "module -> Tensor | None, or None for `.weight` of known layers."
-            )
+        check_callable(
+            "weight_getter", weight_getter, optional=True,
+            hint="module -> Tensor | None; None reads `.weight` of known layers",
+        )  # fmt: skip
         if layer_types is None and weight_getter is not None:
             layer_types = (nn.Module,)
         super().__init__(log_every_n_steps, log_on_epoch_end, layer_types, name_pattern)
-        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 2:
-            raise ValueError(f"max_samples={max_samples!r} is invalid: it must be an int >= 2.")
+        check_min_int("max_samples", max_samples, 2)
         check_bool("histograms", histograms)
         check_bool("save_figure", save_figure)
         plain_png = isinstance(figure_name, str) and figure_name.endswith(".png")

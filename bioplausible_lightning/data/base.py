@@ -9,7 +9,7 @@ import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .._validation import check_int, check_min_int, is_number
+from .._validation import check_fraction, check_int, check_min_int
 from .sampling import (
     DistributedEpochSeededSampler,
     EpochSeededSampler,
@@ -45,8 +45,7 @@ class SplitDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         check_min_int("batch_size", batch_size)
-        if not (is_number(val_fraction) and 0.0 <= val_fraction < 1.0):
-            raise ValueError(f"val_fraction={val_fraction!r} is invalid: allowed is [0, 1).")
+        check_fraction("val_fraction", val_fraction)
         if samples_per_class is not None:
             check_min_int("samples_per_class", samples_per_class)
         check_int("seed", seed)

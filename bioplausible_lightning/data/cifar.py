@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._validation import check_choice, check_positive_ints
 from .base import SplitDataModule, download_or_raise, missing_files_error
 from .mnist import UInt8ImageDataset
 
@@ -34,6 +35,7 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILES = ("test_batch",)
 ImageMode = Literal["RGB", "L"]
+CifarLayout = Literal["auto", "torchvision", "image_folder"]
 
 
 def _class_folders(split_dir: Path) -> list[str]:
@@ -146,12 +148,9 @@ class ImageFolderDataModule(SplitDataModule):
         input_std: float | tuple[float, ...] = 0.25,
     ) -> None:
         super().__init__(batch_size, val_fraction, samples_per_class, seed, num_workers)
-        if mode not in ("RGB", "L"):
-            raise ValueError(f"mode={mode!r} is invalid: allowed values are 'RGB' and 'L'.")
-        if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
-            raise ValueError(
-                f"image_size={image_size!r} is invalid: expected (height, width) of ints >= 1."
-            )
+        check_choice("mode", mode, get_args(ImageMode))
+        if image_size is not None:
+            check_positive_ints("image_size", image_size, length=2, hint="height, width")
         self.root = Path(root)
         self.train_dir, self.test_dir = train_dir, test_dir
         self.image_size = tuple(image_size) if image_size is not None else None
@@ -247,7 +246,7 @@ class CIFAR10DataModule(SplitDataModule):
         self,
         data_dir: str | Path = "data",
         download: bool = True,
-        layout: Literal["auto", "torchvision", "image_folder"] = "auto",
+        layout: CifarLayout = "auto",
         batch_size: int = 64,
         val_fraction: float = 0.1,
         samples_per_class: int | None = None,
@@ -255,11 +254,7 @@ class CIFAR10DataModule(SplitDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, val_fraction, samples_per_class, seed, num_workers)
-        if layout not in ("auto", "torchvision", "image_folder"):
-            raise ValueError(
-                f"layout={layout!r} is invalid: allowed values are 'auto', 'torchvision', "
-                "'image_folder'."
-            )
+        check_choice("layout", layout, get_args(CifarLayout))
         self.data_dir = Path(data_dir)
         self.download = download
         self.layout = layout

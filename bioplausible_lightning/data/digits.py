@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .._validation import check_int, is_number
+from .._validation import check_int, check_probability
 from .base import SplitDataModule, tensor_dataset
 from .sampling import stratified_split
 
@@ -52,8 +52,7 @@ class DigitsDataModule(SplitDataModule):
     ) -> None:
         super().__init__(batch_size, val_fraction, samples_per_class, seed, num_workers)
         check_int("split_seed", split_seed)
-        if not (is_number(test_fraction) and 0.0 < test_fraction < 1.0):
-            raise ValueError(f"test_fraction={test_fraction!r} is invalid: allowed is (0, 1).")
+        check_probability("test_fraction", test_fraction)
         self.test_fraction = test_fraction
         self.split_seed = split_seed
 

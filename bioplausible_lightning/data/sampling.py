@@ -9,14 +9,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from .._validation import check_fraction, check_min_int
+
 
 def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Split indices so that ``fraction`` of *each class* goes to the second part.
 
     Returns ``(first, second)`` index tensors, disjoint and together covering every index.
     """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"fraction={fraction!r} is invalid: allowed is a float in [0, 1).")
+    check_fraction("fraction", fraction)
     generator = torch.Generator().manual_seed(seed)
     first, second = [], []
     for cls in torch.unique(labels):
@@ -33,10 +34,7 @@ def samples_per_class_subset(labels: Tensor, samples_per_class: int, seed: int) 
 
     Raises ``ValueError`` naming the class that has too few examples.
     """
-    if samples_per_class < 1:
-        raise ValueError(
-            f"samples_per_class={samples_per_class!r} is invalid: it must be an int >= 1 or None."
-        )
+    check_min_int("samples_per_class", samples_per_class)
     generator = torch.Generator().manual_seed(seed)
     chosen = []
     for cls in torch.unique(labels):
@@ -103,8 +101,7 @@ class DistributedEpochSeededSampler(EpochSeededSampler, DistributedSampler):
     """
 
     def __init__(self, num_samples: int, num_replicas: int, rank: int, seed: int = 0) -> None:
-        if not isinstance(num_replicas, int) or num_replicas < 1:
-            raise ValueError(f"num_replicas={num_replicas!r} is invalid: it must be an int >= 1.")
+        check_min_int("num_replicas", num_replicas)
         if not isinstance(rank, int) or not 0 <= rank < num_replicas:
             raise ValueError(
                 f"rank={rank!r} is invalid: allowed is an int in [0, num_replicas={num_replicas})."

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .._validation import check_min_int
+
 #: What the evaluation functions accept as data: a DataLoader, a Dataset of ``(x, y)``
 #: pairs, or a tuple of tensors ``(x, y)``.
 Data = DataLoader | Dataset | tuple[Tensor, Tensor]
@@ -20,8 +22,7 @@ def collect(data: Data, max_samples: int | None = None) -> tuple[Tensor, Tensor]
     Evaluation data is small (at most a test set), so holding it lets every attack and every
     model see exactly the same examples.
     """
-    if max_samples is not None and max_samples < 1:
-        raise ValueError(f"max_samples={max_samples!r} is invalid: an int >= 1 or None.")
+    check_min_int("max_samples", max_samples, optional=True)
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
         x, y = data
         if x.shape[0] != y.shape[0]:

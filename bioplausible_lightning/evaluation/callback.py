@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from .._validation import check_choice
 from ._common import collect
 from .robustness import ATTACKS, AttackConfig, RobustnessResult, evaluate_robustness
 
@@ -63,9 +64,8 @@ class RobustnessCallback(Callback):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        bad = [a for a in attacks if a not in ATTACKS]
-        if bad:
-            raise ValueError(f"attacks={list(attacks)!r} is invalid: allowed values are {ATTACKS}.")
+        for i, attack in enumerate(attacks):
+            check_choice(f"attacks[{i}]", attack, ATTACKS)
         self.eps = [float(e) for e in eps]
         self.attacks = list(attacks)
         self.max_samples = max_samples

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_min_int
+from .._validation import check_choice, check_min_int
 from ..data.sampling import samples_per_class_subset
 from ._common import Data, batches, collect, eval_mode, model_device
 from .stats import Estimate, mean_ci
@@ -131,8 +131,7 @@ def nearest_prototype_accuracy(
     metric: Metric = "euclidean",
 ) -> float:
     """Accuracy of classifying each query by its nearest class mean of the support set."""
-    if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"metric={metric!r} is invalid: allowed 'euclidean', 'cosine'.")
+    check_choice("metric", metric, get_args(Metric))
     classes = torch.unique(support_labels)
     protos = torch.stack([support[support_labels == c].mean(0) for c in classes])
     if metric == "cosine":

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_probability
 from ..metrics.activity import (
     activity_matrix,
     dead_fraction,
@@ -112,10 +113,7 @@ def layer_representation(
     activity: Tensor, labels: Tensor, num_classes: int, selective_threshold: float = 0.5
 ) -> dict[str, Any]:
     """All representation measures of one layer's activity ``(N, units[, H, W])``."""
-    if not 0 < selective_threshold < 1:
-        raise ValueError(
-            f"selective_threshold={selective_threshold!r} is invalid: allowed is (0, 1)."
-        )
+    check_probability("selective_threshold", selective_threshold)
     matrix = activity_matrix(activity, 1)
     responses = unit_responses(activity)
     active = (responses > 1e-6).any(0)

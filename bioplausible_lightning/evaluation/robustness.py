@@ -24,16 +24,17 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_min_int
+from .._validation import check_choice, check_in_range, check_min_int, check_positive
 from ._common import Data, batches, collect, eval_mode, model_device, predict
 
 AttackName = Literal["fgsm", "pgd", "square", "transfer", "autoattack"]
-ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "square", "transfer", "autoattack")
+ATTACKS: tuple[str, ...] = get_args(AttackName)
+TransferAttack = Literal["fgsm", "pgd"]
 
 
 @dataclass
@@ -60,7 +61,7 @@ class AttackConfig:
     square_queries: int = 1000
     square_restarts: int = 1
     square_p_init: float = 0.8
-    transfer_attack: Literal["fgsm", "pgd"] = "pgd"
+    transfer_attack: TransferAttack = "pgd"
     autoattack_samples: int | None = None
     seed: int = 0
     batch_size: int = 500
@@ -71,14 +72,10 @@ class AttackConfig:
         check_min_int("batch_size", self.batch_size)
         if self.autoattack_samples is not None:
             check_min_int("autoattack_samples", self.autoattack_samples)
-        if self.pgd_step_size is not None and not self.pgd_step_size > 0:
-            raise ValueError(f"pgd_step_size={self.pgd_step_size!r} is invalid: it must be > 0.")
-        if not 0 < self.square_p_init <= 1:
-            raise ValueError(f"square_p_init={self.square_p_init!r} is invalid: allowed (0, 1].")
-        if self.transfer_attack not in ("fgsm", "pgd"):
-            raise ValueError(
-                f"transfer_attack={self.transfer_attack!r} is invalid: allowed 'fgsm', 'pgd'."
-            )
+        if self.pgd_step_size is not None:
+            check_positive("pgd_step_size", self.pgd_step_size)
+        check_in_range("square_p_init", self.square_p_init, 0, 1, low_open=True)
+        check_choice("transfer_attack", self.transfer_attack, get_args(TransferAttack))
 
     def describe(self, attack: str) -> str:
         """One line that states the protocol behind a number."""
@@ -145,14 +142,12 @@ class _AttackView(nn.Module):
 
 
 def _check_eps(eps: float) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
-        raise ValueError(f"eps={eps!r} is invalid: allowed is a number in [0, 1] (pixel units).")
+    check_in_range("eps", eps, 0, 1, hint="pixel units")
     return float(eps)
 
 
 def _check_attack(attack: str) -> str:
-    if attack not in ATTACKS:
-        raise ValueError(f"attack={attack!r} is invalid: allowed values are {ATTACKS}.")
+    check_choice("attack", attack, ATTACKS)
     return attack
 
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .._validation import check_probability
+
 
 @dataclass
 class Estimate:
@@ -42,8 +44,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Estimate:
 
     Student's t (not 1.96) because the multi-seed protocols use as few as 3-5 seeds.
     """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence={confidence!r} is invalid: allowed is (0, 1).")
+    check_probability("confidence", confidence)
     vals = [float(v) for v in values]
     if not vals:
         raise ValueError("values=[] is invalid: need at least one value.")

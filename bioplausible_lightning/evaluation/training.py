@@ -15,6 +15,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from .._validation import check_min_int
+
 #: Wraps a freshly built model into a LightningModule (the rule or the backprop baseline).
 ModuleFactory = Callable[[nn.Module], L.LightningModule]
 
@@ -58,8 +60,7 @@ def fit(
             f"max_epochs={max_epochs!r}, max_steps={max_steps!r} is invalid: give exactly one."
         )
     for name, value in (("max_epochs", max_epochs), ("max_steps", max_steps)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name}={value!r} is invalid: it must be an int >= 1.")
+        check_min_int(name, value, optional=True)
     with quiet_lightning():
         L.seed_everything(seed, workers=True, verbose=False)
         trainer = L.Trainer(

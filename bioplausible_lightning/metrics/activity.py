@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._validation import check_nonnegative
+
 
 def activity_matrix(activity: Tensor, unit_dim: int = 1) -> Tensor:
     """Reshape a layer output to ``(samples, units)``, units taken from ``unit_dim``.
@@ -168,8 +170,7 @@ def weight_sparsity(weight: Tensor, rel_threshold: float = 1e-2) -> float:
     Relative, so that it means the same for any weight scale; an all-zero tensor is fully
     sparse (1.0), one with no finite entry gives ``nan``.
     """
-    if rel_threshold < 0:
-        raise ValueError(f"rel_threshold={rel_threshold!r} is invalid: it must be >= 0.")
+    check_nonnegative("rel_threshold", rel_threshold)
     magnitude = weight.detach().abs()
     if not magnitude.numel():
         return math.nan

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_choice
 from .activity import count_nonfinite
 from .layers import WeightGetter, default_weight_getter, named_weights, presynaptic_layout
 
@@ -27,8 +28,7 @@ def presynaptic_matrix(weight: Tensor, presynaptic_dim: int = 1, groups: int = 1
     """
     if weight.ndim < 2:
         raise ValueError(f"weight must have >= 2 dimensions, got shape {tuple(weight.shape)}.")
-    if presynaptic_dim not in (0, 1):
-        raise ValueError(f"presynaptic_dim={presynaptic_dim!r} is invalid: allowed are 0 and 1.")
+    check_choice("presynaptic_dim", presynaptic_dim, (0, 1))
     if groups < 1 or weight.shape[0] % groups:
         raise ValueError(
             f"groups={groups!r} is invalid for weight shape {tuple(weight.shape)}: "

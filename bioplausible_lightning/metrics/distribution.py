@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import check_nonnegative
+from .._validation import check_min_int, check_nonnegative
 from .activity import count_nonfinite
 
 
@@ -35,8 +35,7 @@ class LognormalFit(NamedTuple):
 
 def sample_values(x: Tensor, max_samples: int = 100_000, seed: int = 0) -> Tensor:
     """Up to ``max_samples`` finite entries of ``x`` as a flat CPU float64 tensor."""
-    if max_samples < 1:
-        raise ValueError(f"max_samples={max_samples!r} is invalid: it must be an int >= 1.")
+    check_min_int("max_samples", max_samples)
     flat = x.detach().reshape(-1)
     if flat.numel() > max_samples:
         generator = torch.Generator().manual_seed(seed)

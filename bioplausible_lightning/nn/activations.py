@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_bool, check_positive
+from .._validation import check_bool, check_fraction, check_positive
 
 
 class KWinnersTakeAll(nn.Module):
@@ -25,8 +25,7 @@ class KWinnersTakeAll(nn.Module):
 
     def __init__(self, sparsity: float = 0.8, dim: int = 1) -> None:
         super().__init__()
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity={sparsity!r} is invalid: allowed is a float in [0, 1).")
+        check_fraction("sparsity", sparsity)
         self.sparsity = sparsity
         self.dim = dim
 
@@ -68,8 +67,7 @@ class SoftWinnerTakeAll(nn.Module):
         total_activity: float | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity={sparsity!r} is invalid: allowed is a float in [0, 1).")
+        check_fraction("sparsity", sparsity)
         check_positive("temperature", temperature)
         if total_activity is not None:
             check_positive("total_activity", total_activity)

@@ -30,7 +30,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .._validation import check_bool, check_choice, check_names, check_positive
+from .._validation import (
+    check_bool,
+    check_choice,
+    check_finite,
+    check_fraction,
+    check_names,
+    check_positive,
+)
 from .parametrization import register_parametrization
 
 Parametrization = Literal["exp", "plain"]
@@ -40,15 +47,7 @@ DALE_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
 
 def _check_config(inhibitory_fraction: float, parametrization: str, init_sigma: float) -> None:
-    if (
-        isinstance(inhibitory_fraction, bool)
-        or not isinstance(inhibitory_fraction, (int, float))
-        or not 0.0 <= inhibitory_fraction < 1.0
-    ):
-        raise ValueError(
-            f"inhibitory_fraction={inhibitory_fraction!r} is invalid: allowed is a float in [0, 1) "
-            "(0 = purely excitatory)."
-        )
+    check_fraction("inhibitory_fraction", inhibitory_fraction, hint="0 = purely excitatory")
     check_choice("parametrization", parametrization, _PARAMETRIZATIONS)
     check_positive("init_sigma", init_sigma)
 
@@ -278,8 +277,7 @@ def dale_(
             or when a chosen layer is grouped or its weight is parametrised already.
     """
     _check_config(inhibitory_fraction, parametrization, init_sigma)
-    if init_mu is not None and not (isinstance(init_mu, (int, float)) and math.isfinite(init_mu)):
-        raise ValueError(f"init_mu={init_mu!r} is invalid: it must be None or a finite number.")
+    check_finite("init_mu", init_mu, optional=True)
     check_bool("balanced", balanced)
     check_bool("zero_bias", zero_bias)
     patterns = check_names("layers", layers)

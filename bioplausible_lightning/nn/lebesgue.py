@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .._validation import check_names
+from .._validation import check_min, check_names
 from .parametrization import register_parametrization
 
 
@@ -37,8 +37,7 @@ class LebesguePower(nn.Module):
 
     def __init__(self, p: float = 3.0) -> None:
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 2 <= p < float("inf"):
-            raise ValueError(f"p={p!r} is invalid: it must be a finite number >= 2.")
+        check_min("p", p, 2)
         self.p = float(p)
 
     def forward(self, theta: Tensor) -> Tensor:

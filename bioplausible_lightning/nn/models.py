@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .._replicas import user_shape
+from .._validation import check_min_int, check_positive_ints
 from .activations import KWinnersTakeAll
 from .dale import Parametrization, dale_
 
@@ -28,8 +29,8 @@ class InputNormalization(nn.Module):
         super().__init__()
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
-        if (std_t <= 0).any():
-            raise ValueError(f"std={std!r} is invalid: every entry must be > 0.")
+        if not bool((std_t > 0).all() and torch.isfinite(std_t).all()):
+            raise ValueError(f"std={std!r} is invalid: every entry must be a finite number > 0.")
         self.register_buffer("mean", mean_t)
         self.register_buffer("std", std_t)
 
@@ -90,29 +91,20 @@ def _seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
-def _check_positive_ints(name: str, values: Sequence[int]) -> None:
-    if any(int(v) < 1 for v in values):
-        raise ValueError(f"{name}={list(values)!r} is invalid: every entry must be an int >= 1.")
-
-
 def check_mlp_sizes(
     input_shape: Sequence[int], hidden_sizes: Sequence[int], num_classes: int
 ) -> tuple[int, ...]:
     """Check an MLP's sizes (every entry an int >= 1); return ``input_shape`` as a tuple."""
-    shape = tuple(int(s) for s in input_shape)
-    _check_positive_ints("input_shape", shape)
-    _check_positive_ints("hidden_sizes", list(hidden_sizes))
-    _check_positive_ints("num_classes", [num_classes])
+    shape = check_positive_ints("input_shape", input_shape)
+    check_positive_ints("hidden_sizes", hidden_sizes)
+    check_min_int("num_classes", num_classes)
     return shape
 
 
 def image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     """``input_shape`` as a checked ``(C, H, W)`` tuple of positive ints."""
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 3:
-        raise ValueError(f"input_shape={list(input_shape)!r} is invalid: expected (C, H, W).")
-    _check_positive_ints("input_shape", shape)
-    return shape
+    c, h, w = check_positive_ints("input_shape", input_shape, length=3, hint="C, H, W")
+    return c, h, w
 
 
 class BioMLP(nn.Module):
@@ -205,7 +197,7 @@ class BioConvNet(nn.Module):
     ) -> None:
         super().__init__()
         self.input_shape = image_shape(input_shape)
-        _check_positive_ints("channels", list(channels))
+        check_positive_ints("channels", channels)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.normalize = InputNormalization(input_mean, input_std)
         c, h, w = self.input_shape

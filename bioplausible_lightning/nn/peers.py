@@ -14,13 +14,12 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_choice
+from .._validation import check_choice, check_fraction, check_positive_ints
 from .activations import Triangle
 from .lebesgue import lebesgue_
 from .models import (
     InputNormalization,
     _check_input,
-    _check_positive_ints,
     _seeded,
     check_mlp_sizes,
     image_shape,
@@ -129,16 +128,15 @@ class SoftHebbConvNet(nn.Module):
     ) -> None:
         super().__init__()
         self.input_shape = image_shape(input_shape)
-        _check_positive_ints("channels", list(channels))
-        _check_positive_ints("kernel_sizes", list(kernel_sizes))
+        check_positive_ints("channels", channels)
+        check_positive_ints("kernel_sizes", kernel_sizes)
         if not (len(channels) == len(kernel_sizes) == len(triangle_powers)):
             raise ValueError(
                 f"channels={list(channels)!r}, kernel_sizes={list(kernel_sizes)!r} and "
                 f"triangle_powers={list(triangle_powers)!r} are invalid: give one entry per "
                 "block in each."
             )
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout={dropout!r} is invalid: it must be in [0, 1).")
+        check_fraction("dropout", dropout)
         _check_init(init)
         c, h, w = self.input_shape
         blocks: list[nn.Module] = []

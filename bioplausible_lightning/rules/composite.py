@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .._validation import check_min_int, check_names
+from .._validation import check_instance, check_min_int, check_names
 from ..distributed import Reducer
 from ..losses import PerSampleLoss
 from .backprop import Backprop
@@ -144,13 +144,11 @@ class HebbianPerturbation(CompositeRule):
     ) -> None:
         hebbian = hebbian if hebbian is not None else CompetitiveHebbian()
         readout = readout if readout is not None else NodePerturbation(num_directions=8)
-        if not isinstance(hebbian, CompetitiveHebbian):
-            raise ValueError(f"hebbian={hebbian!r} is invalid: expected a CompetitiveHebbian.")
-        if not isinstance(readout, (PerturbationRule, Backprop)):
-            raise ValueError(
-                f"readout={readout!r} is invalid: expected a PerturbationRule "
-                "(NodePerturbation or WeightPerturbation) or Backprop."
-            )
+        check_instance("hebbian", hebbian, CompetitiveHebbian)
+        check_instance(
+            "readout", readout, (PerturbationRule, Backprop),
+            what="a PerturbationRule (NodePerturbation or WeightPerturbation) or Backprop",
+        )  # fmt: skip
         for label, rule in (("hebbian", hebbian), ("readout", readout)):
             if rule.layers is not None:
                 raise ValueError(
