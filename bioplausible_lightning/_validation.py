@@ -5,6 +5,7 @@ sequence of names.  ``hint=`` adds a short reason or example to a message, in pa
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -73,16 +74,17 @@ def check_min_int(
     name: str, value: int | None, minimum: int = 1, *, optional: bool = False,
     hint: str | None = None,
 ) -> None:  # fmt: skip
-    """An ``int >= minimum`` (``bool`` excluded; ``None`` too with ``optional``)."""
+    """An ``int >= minimum`` (numpy integers too; ``bool`` excluded; ``None`` too with
+    ``optional``)."""
     if value is None and optional:
         return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
         allowed = f"it must be an int >= {minimum}" + (" or None" if optional else "")
         _invalid(name, value, allowed, hint)
 
 
 def check_int(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         _invalid(name, value, "it must be an int")
 
 
