@@ -567,3 +567,13 @@ def test_check_goals_reports_met_and_missed_for_the_goal_learner():
     summary = summary_markdown(report)
     assert "| Goal | hebbian | backprop-dale |" in summary
     assert "| clean ≥ Dale backprop − 0.5 pt | -0.3 points, met | +0.0 points, met |" in summary
+
+
+def test_peer_activations_count_as_hidden_layers():
+    from bioplausible_lightning import HebbianMLP, RectifiedPower, SoftHebbConvNet
+    from bioplausible_lightning.evaluation.representations import default_activation_layers
+
+    assert default_activation_layers(SoftHebbConvNet()) == [
+        "features.2", "features.6", "features.10"]  # the three triangle activations
+    mlp = HebbianMLP((1, 8, 8), 10, [16], activation=RectifiedPower(2.0))
+    assert default_activation_layers(mlp) == ["layers.1"]

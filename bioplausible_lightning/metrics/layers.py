@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 from torch import Tensor, nn
 
-from ..nn import KWinnersTakeAll, SoftWinnerTakeAll
+from ..nn import KWinnersTakeAll, RectifiedPower, SoftWinnerTakeAll, Triangle
 
 WeightGetter = Callable[[nn.Module], "Tensor | None"]
 
@@ -45,6 +45,8 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.Threshold,
     KWinnersTakeAll,
     SoftWinnerTakeAll,
+    Triangle,
+    RectifiedPower,
 )
 
 
