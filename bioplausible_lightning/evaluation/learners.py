@@ -75,7 +75,7 @@ DEFAULT_LEARNERS: dict[str, tuple[Learner, ...]] = {
         *_learners("mnist"),
         Learner("hebbian-dot", "examples/mnist_hebbian_dot.yaml",
                 description="HebbianPerturbation with competition on the responses (dot "
-                            "product), 15 label-free epochs first"),
+                            "product); the first 60 % of any budget label-free"),
     ),
     "cifar10": (
         *_learners("cifar10"),
