@@ -34,7 +34,8 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar
 
 
 def train_label_free(model: SoftHebbConvNet, images: torch.Tensor, lr: float, batch: int,
-                     seed: int) -> None:  # fmt: skip
+                     seed: int, temperature: float = 1.0,
+                     anti_hebbian: float = 1.0) -> None:  # fmt: skip
     """One epoch per conv layer, from the input up, with the preset's settings.  ``lr=0``
     runs the same forward passes without plasticity: the BatchNorm statistics are then
     measured on the same data, so rate 0 differs from the others in the weights alone."""
@@ -43,7 +44,8 @@ def train_label_free(model: SoftHebbConvNet, images: torch.Tensor, lr: float, ba
     no_labels = torch.zeros(batch, dtype=torch.long)
     model.train()
     for name in convs:
-        rule = SoftHebb(lr=lr or 1.0, temperature=1.0, anti_hebbian=1.0, layers=[name])
+        rule = SoftHebb(lr=lr or 1.0, temperature=temperature, anti_hebbian=anti_hebbian,
+                        layers=[name])
         (own,) = rule.own_optimizers(model)
         optimizer = own.factory(own.params)
         order = torch.randperm(len(images), generator=gen)
@@ -97,6 +99,8 @@ def main() -> None:
     parser.add_argument("--rates", default="0,0.03,0.1,1")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=1.0, help="SoftHebb's T")
+    parser.add_argument("--anti-hebbian", type=float, default=1.0)
     parser.add_argument("--probe-epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="docs/results/cifar10")
@@ -114,7 +118,8 @@ def main() -> None:
     for lr in [float(r) for r in args.rates.split(",")]:
         model = SoftHebbConvNet((3, 32, 32), 10, (24, 96, 384), seed=args.seed)
         t0 = time.perf_counter()
-        train_label_free(model, x_train, lr, args.batch, args.seed)
+        train_label_free(model, x_train, lr, args.batch, args.seed, args.temperature,
+                         args.anti_hebbian)
         seconds = time.perf_counter() - t0
         acc = linear_probe((features(model, x_train), y_train),
                            (features(model, x_test), y_test), args.probe_epochs, args.seed)
@@ -126,7 +131,9 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"command": "python examples/cifar10_label_free_probe.py --rates " + args.rates,
+    command = (f"python examples/cifar10_label_free_probe.py --rates {args.rates} "
+               f"--temperature {args.temperature} --anti-hebbian {args.anti_hebbian}")
+    report = {"command": command,
               "train_images": len(x_train), "test_images": len(x_test), "results": results}
     (out / "label_free_probe.json").write_text(json.dumps(report, indent=2))
 
