@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .rules.layers import owned_parameters, redirected_updates
+from .rules.layers import add_outer_products, owned_parameters, redirected_updates
 from .rules.rule import LearningRule
 
 #: SGD settings the in-place update implements, with the values it requires.
@@ -79,12 +79,7 @@ class InPlaceSGD:
         if not param.is_contiguous():
             self.add(param, u @ v.T)
             return
-        out = param.view(param.shape[0], -1)
-        if u.shape[1] > 8:  # a GEMM accumulating into the weight: no temporary
-            out.addmm_(u.to(param.dtype), v.T.to(param.dtype), alpha=-lr)
-            return
-        for j in range(u.shape[1]):  # a few columns: broadcast products, faster on CPU
-            out.addcmul_(u[:, j : j + 1], v[:, j : j + 1].T, value=-lr)
+        add_outer_products(param.view(param.shape[0], -1), u, v, alpha=-lr)  # no temporary
 
 
 @contextmanager

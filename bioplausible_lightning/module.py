@@ -348,8 +348,7 @@ class ClassifierModule(L.LightningModule):
 
     def own_optimizers(self) -> list[torch.optim.Optimizer]:
         """Optimizers that a rule keeps for its own parameters (none for gradient rules)."""
-        model = eager_model(self.model)
-        return [own.factory(own.params) for own in self.rule.own_optimizers(model)]
+        return [own.factory(own.params) for own in self.rule.own_optimizers(self._rule_model)]
 
     @property
     def step_size_adapter(self) -> Any:

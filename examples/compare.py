@@ -137,14 +137,13 @@ def main(argv: list[str] | None = None) -> dict:
         and k not in ("quick", "dataset", "data_dir", "out", "no_download", "peers",
                       "checkpoints")
     }
+    learners = overrides.get("learners") or list(DEFAULT_LEARNERS[args.dataset])
     if args.peers:
         if args.dataset not in PEER_LEARNERS:
             raise SystemExit(f"--peers: no peer presets for --dataset {args.dataset}")
-        base = overrides.get("learners") or list(DEFAULT_LEARNERS[args.dataset])
-        overrides["learners"] = [*base, *PEER_LEARNERS[args.dataset]]
+        overrides["learners"] = learners = [*learners, *PEER_LEARNERS[args.dataset]]
     if args.checkpoints:
-        base = overrides.get("learners") or list(DEFAULT_LEARNERS[args.dataset])
-        overrides["learners"] = _with_checkpoints(base, args.checkpoints)
+        overrides["learners"] = _with_checkpoints(learners, args.checkpoints)
     for key in ("attacks", "sections"):
         if key in overrides:
             overrides[key] = [s.strip() for s in overrides[key].split(",") if s.strip()]

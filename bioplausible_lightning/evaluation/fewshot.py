@@ -150,10 +150,10 @@ def nearest_neighbour_accuracy(
     example: the classifier a few-shot learner has to beat with the same labelled examples."""
     x_train = nn.functional.normalize(train[0].flatten(1).float(), dim=1)
     correct = 0
-    for i in range(0, len(test[0]), batch_size):
-        x = nn.functional.normalize(test[0][i : i + batch_size].flatten(1).float(), dim=1)
+    for rows in batches(len(test[0]), batch_size):
+        x = nn.functional.normalize(test[0][rows].flatten(1).float(), dim=1)
         pred = train[1][(x @ x_train.T).argmax(1)]
-        correct += int((pred == test[1][i : i + batch_size]).sum())
+        correct += int((pred == test[1][rows]).sum())
     return correct / max(len(test[0]), 1)
 
 

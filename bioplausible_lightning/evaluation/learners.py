@@ -152,11 +152,14 @@ class LearnerRun:
     def max_epochs(self) -> int | None:
         return (self.cfg.trainer or {}).get("max_epochs")
 
+    def has_hidden_sizes(self) -> bool:
+        """Whether the config's model takes ``hidden_sizes`` (what the depth sweep repeats)."""
+        return bool(self.model_args.get("hidden_sizes"))
+
     def width(self) -> int:
-        sizes = self.model_args.get("hidden_sizes")
-        if not sizes:
+        if not self.has_hidden_sizes():
             raise ValueError(f"learner {self.name!r}: its model has no hidden_sizes to repeat.")
-        return int(sizes[0])
+        return int(self.model_args["hidden_sizes"][0])
 
     def model(
         self, data: SplitDataModule, seed: int, hidden_sizes: Sequence[int] | None = None

@@ -193,7 +193,8 @@ class ActivityHistory(Callback):
         self.probe = probe
         self.history: dict[str, dict[str, list[float]]] = {}
 
-    def _record(self, model: nn.Module, epoch: int) -> None:
+    def record(self, model: nn.Module, epoch: int) -> None:
+        """Add ``model``'s sparseness on the probe as the value at ``epoch``."""
         acts, _ = collect_activations(model, self.probe, max_samples=None)
         for layer, a in acts.items():
             stats = activity_sparsity(a)
@@ -205,10 +206,10 @@ class ActivityHistory(Callback):
             series["silent_fraction"].append(stats["dead_fraction"])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._record(pl_module.model, 0)
+        self.record(pl_module.model, 0)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._record(pl_module.model, trainer.current_epoch + 1)
+        self.record(pl_module.model, trainer.current_epoch + 1)
 
 
 def _sample(
@@ -288,7 +289,7 @@ def train_section(ctx: Context) -> dict[str, Any]:
         module = run.module(model, epochs=epochs[name])
         if run.learner.checkpoint:  # trained already: evaluate its weights
             epochs[name] = run.load_checkpoint(module)
-            recorder._record(model.eval(), epochs[name])
+            recorder.record(model.eval(), epochs[name])
         else:
             ctx.fit(module, ctx.data_for(run), max_epochs=epochs[name], callbacks=[recorder])
         seconds[name] = round(time.perf_counter() - t0, 2)
@@ -454,7 +455,7 @@ def depth_section(ctx: Context) -> dict[str, Any]:
     accs, widths, skipped = {}, {}, []
     protocol = ""
     for name, run in ctx.learners.items():
-        if not run.model_args.get("hidden_sizes"):  # e.g. a conv stack: nothing to repeat
+        if not run.has_hidden_sizes():  # e.g. a conv stack: nothing to repeat
             skipped.append(name)
             continue
         width = cfg.depth_width or run.width()

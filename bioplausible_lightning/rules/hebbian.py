@@ -282,15 +282,16 @@ class CompetitiveHebbian(LearningRule):
             active = (y != 0).any(0).nonzero().squeeze(1)
             delta = _sparse_hebbian_term(y[:, active], x) / rows - yu[active, None] * w[active]
         decay = self.current_lr_factor()
+        # SoftHebb's per-unit factor sqrt(|‖w_i‖ − 1|): a converged unit slows down
+        adapt = (norms - 1).abs().clamp_min(1e-10).sqrt() if self.adaptive_rate else None
         if self.normalize == "max":
             step = -decay * delta / delta.abs().max().clamp_min(1e-30)
-            if self.adaptive_rate:  # SoftHebb's conv layers: the max step, per-unit rates
-                adapt = (norms - 1).abs().clamp_min(1e-10).sqrt()
+            if adapt is not None:  # SoftHebb's conv layers: the max step, per-unit rates
                 step = step * (adapt if active is None else adapt[active])[:, None]
         else:
             rate = torch.full_like(yu, self.lr)
-            if self.adaptive_rate:
-                rate = rate * (norms - 1).abs().clamp_min(1e-10).sqrt()
+            if adapt is not None:
+                rate = rate * adapt
             rate = rate / (2 * rate * yu.abs()).clamp_min(1.0)
             rate = rate if active is None else rate[active]
             step = -(decay * rate / self.lr)[:, None] * delta

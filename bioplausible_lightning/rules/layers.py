@@ -61,6 +61,29 @@ def redirected_updates(sink: UpdateSink) -> Iterator[UpdateSink]:
         _SINK.reset(token)
 
 
+def add_outer_products(
+    out: Tensor | None, u: Tensor, v: Tensor, alpha: float = 1.0
+) -> Tensor:
+    """``out + alpha · u @ vᵀ`` in place (a new ``alpha · u @ vᵀ`` for ``out=None``) for
+    ``u`` ``(m, r)`` and ``v`` ``(n, r)``: a GEMM accumulating into ``out`` for many columns,
+    broadcast products for a few, where a GEMM with a tiny inner dimension is several times
+    slower on CPU.  Low-rank updates and the memory-lean sink both form updates this way."""
+    if out is not None:
+        u, v = u.to(out.dtype), v.to(out.dtype)
+    if u.shape[1] > 8:
+        if out is None:
+            return u @ v.T if alpha == 1 else (u @ v.T).mul_(alpha)
+        return out.addmm_(u, v.T, alpha=alpha)
+    start = 0
+    if out is None:
+        out, start = u[:, :1] * v[:, :1].T, 1
+        if alpha != 1:
+            out.mul_(alpha)
+    for j in range(start, u.shape[1]):
+        out.addcmul_(u[:, j : j + 1], v[:, j : j + 1].T, value=alpha)
+    return out
+
+
 def write_outer_in_place(param: Tensor, u: Tensor, v: Tensor) -> bool:
     """Under an update sink, hand it the gradient term ``u @ vᵀ`` of the trainable tensor
     ``param`` unformed and return True; otherwise do nothing and return False (the caller

@@ -64,6 +64,7 @@ from .base import (
 from .layers import (
     accumulate_param_grad,
     accumulate_weight_grad,
+    add_outer_products,
     is_conv,
     is_exp_dale,
     is_weight_parametrized,
@@ -213,9 +214,9 @@ class LowRank(PerturbationStructure):
                gen: torch.Generator | None, into: Tensor | None = None) -> Tensor:  # fmt: skip
         u, v = self.outer_factors(factors, coeff, like)
         if into is not None:
-            _add_outer_products(into.view(like.shape[0], -1), u, v)  # in place
+            add_outer_products(into.view(like.shape[0], -1), u, v)  # in place
             return into
-        return _add_outer_products(None, u, v).view(like.shape)
+        return add_outer_products(None, u, v).view(like.shape)
 
 
 class Dense(PerturbationStructure):
@@ -234,19 +235,6 @@ class Dense(PerturbationStructure):
         for k in range(coeff.shape[0]):
             grad.add_(self.direction(factors, k, like, noise, gen), alpha=float(coeff[k]))
         return grad
-
-
-def _add_outer_products(out: Tensor | None, u: Tensor, v: Tensor) -> Tensor:
-    """``out + u @ v.T`` for thin ``u``, ``v``: broadcast products for a few columns, where a
-    GEMM with a tiny inner dimension is several times slower on CPU."""
-    if u.shape[1] > 8:
-        return u @ v.T if out is None else out.addmm_(u, v.T)
-    start = 0
-    if out is None:
-        out, start = u[:, :1] * v[:, :1].T, 1
-    for j in range(start, u.shape[1]):
-        out.addcmul_(u[:, j : j + 1], v[:, j : j + 1].T)
-    return out
 
 
 class WeightPerturbation(PerturbationRule):
