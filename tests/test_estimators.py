@@ -89,6 +89,9 @@ MODELS = {
     "torch_mlp": _torch_mlp,
     "torch_conv": lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.Flatten(),
                                         nn.Linear(128, 10)),  # fmt: skip
+    # padded as the layer pads (reflect), not with zeros: the update must see the same patches
+    "reflect_conv": lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"),
+                                          nn.Tanh(), nn.Flatten(), nn.Linear(128, 10)),  # fmt: skip
     "residual": _Residual,
     # nn.Linear on (B, 8, 8): features last, a sequence of 8 per example
     "sequence": lambda: nn.Sequential(nn.Flatten(1, 2), nn.Linear(8, 5), nn.Tanh(),
@@ -536,8 +539,11 @@ LAYERS = {
     "linear": lambda: nn.Linear(5, 4),
     "sequence": lambda: nn.Linear(5, 4),  # features last, a sequence of 3 per example
     "conv": lambda: nn.Conv2d(2, 3, 3, padding=1, stride=2),
+    "conv_circular": lambda: nn.Conv2d(2, 3, 3, padding=1, stride=2, padding_mode="circular"),
+    "conv_same": lambda: nn.Conv2d(2, 3, 4, padding="same"),
 }
-INPUTS = {"linear": (4, 5), "sequence": (4, 3, 5), "conv": (4, 2, 6, 6)}
+INPUTS = {"linear": (4, 5), "sequence": (4, 3, 5), "conv": (4, 2, 6, 6),
+          "conv_circular": (4, 2, 6, 6), "conv_same": (4, 2, 6, 6)}  # fmt: skip
 
 
 @pytest.mark.parametrize("structure_name", sorted(STRUCTURES))

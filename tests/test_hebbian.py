@@ -24,6 +24,7 @@ from bioplausible_lightning import (
 from bioplausible_lightning.data import load_digits_tensors
 from bioplausible_lightning.losses import cross_entropy
 from bioplausible_lightning.metrics import positive_mass_fraction
+from bioplausible_lightning.rules.hebbian import layer_inputs_as_rows, layer_outputs_as_rows
 
 
 def _hand_update(w, x, lr, temperature, threshold, *, similarity="cosine", competition="soft",
@@ -94,6 +95,19 @@ def test_conv_update_is_the_linear_update_over_patches():
     rule.estimate(conv, lambda out, y: out.flatten(1).sum(1), x, torch.zeros(2, dtype=torch.long))
     torch.testing.assert_close(-conv.weight.grad.reshape(3, -1) * 0.3, expected,
                                rtol=1e-10, atol=1e-12)  # fmt: skip
+
+
+@pytest.mark.parametrize("padding", [dict(padding=1, padding_mode="reflect"),
+                                     dict(padding="same"), dict(padding=2, stride=2)])  # fmt: skip
+def test_conv_rows_are_the_patches_the_layer_saw(padding):
+    """Every padding the layer uses (reflect, "same", strided) reaches the update's patches:
+    each row's response to the weights is the layer's own output at that position."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(2, 3, 3, bias=False, **padding).double()
+    x = torch.rand(2, 2, 5, 5, dtype=torch.float64)
+    rows = layer_inputs_as_rows(conv, x)
+    torch.testing.assert_close(rows @ conv.weight.reshape(3, -1).T,
+                               layer_outputs_as_rows(conv, conv(x)))  # fmt: skip
 
 
 def test_grad_scale_and_accumulation_scale_the_update_linearly():

@@ -68,6 +68,7 @@ from .layers import (
     accumulate_weight_grad,
     find_target_layers,
     is_conv,
+    padded_conv_input,
     weight_param,
 )
 from .rule import LearningRule, OwnOptimizer, PerModel, RuleOutput
@@ -80,7 +81,8 @@ StepNormalization = Literal["unit", "max"]
 def layer_inputs_as_rows(module: nn.Module, x: Tensor) -> Tensor:
     """The layer's presynaptic vectors, one row each: ``(N, in)`` or every conv patch."""
     if is_conv(module):
-        patches = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+        x = padded_conv_input(module, x)
+        patches = F.unfold(x, module.kernel_size, module.dilation, 0, module.stride)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
     return x.reshape(-1, x.shape[-1])
 
@@ -200,13 +202,6 @@ class CompetitiveHebbian(LearningRule):
         if targets is None:
             targets = find_target_layers(model, self.layers, type(self).__name__, warn_unowned)
             for name, module in targets:
-                if is_conv(module) and (isinstance(module.padding, str)
-                                        or getattr(module, "padding_mode", "zeros") != "zeros"):
-                    raise ValueError(
-                        f"CompetitiveHebbian: layer {name!r} uses padding={module.padding!r}, "
-                        f"padding_mode={module.padding_mode!r}; the patch update supports "
-                        "numeric zero padding only (exclude the layer with `layers=`)."
-                    )  # fmt: skip
                 units = weight_param(module).shape[0]
                 if self.competition != "soft" and self.k >= units:
                     raise ValueError(

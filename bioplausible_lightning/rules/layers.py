@@ -26,6 +26,7 @@ from fnmatch import fnmatch
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -97,6 +98,16 @@ def write_outer_in_place(param: Tensor, u: Tensor, v: Tensor) -> bool:
 
 def is_conv(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d)
+
+
+def padded_conv_input(module: nn.Conv2d, x: Tensor) -> Tensor:
+    """``x`` (``(N, C, H, W)``) padded exactly as the layer's own forward pads it, whatever
+    its ``padding_mode`` (``"reflect"``, ``"circular"``…) or ``padding`` (``"same"``
+    included): a rule's convolutions on it then run with ``padding=0`` and see the patches
+    the layer saw.  Reusing ``module.padding`` instead would silently pad reflect/circular
+    layers with zeros, a wrong update."""
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    return F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
 
 
 def weight_parametrizations(module: nn.Module) -> list[nn.Module]:
