@@ -481,10 +481,22 @@ def test_a_label_free_stage_keeps_its_share_of_any_budget(digits_data):
     with pytest.raises(ValueError, match="epoch_steps"):
         run.module(model, steps=100)
     conv = LearnerRun(Learner("conv", "examples/cifar10_softhebb.yaml"))  # nested settings
-    module = conv.module(model, epochs=6)
+    module = conv.module(conv.model(digits_data, 0), epochs=10)  # half of its 20 epochs
     assert (module.rule.readout_start, module.rule.hebbian.layer_steps) == (423, 141)
     node = LearnerRun(Learner("np", "examples/mnist.yaml"))  # nothing counted in steps
     assert node.module(node.model(digits_data, 0), steps=10).rule.sigma == 0.05
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_every_example_config_builds_its_module(config, digits_data):
+    """Each shipped config parses against the current API and builds its LightningModule
+    (on the digits' shapes: the configs' own data folders are not needed)."""
+    from bioplausible_lightning.evaluation import Learner
+    from bioplausible_lightning.evaluation.learners import LearnerRun
+
+    run = LearnerRun(Learner("x", f"examples/{config}"))
+    module = run.module(run.model(digits_data, 0), epochs=2)
+    assert isinstance(module, L.LightningModule)
 
 
 def test_a_learner_checkpoint_is_evaluated_instead_of_trained(tmp_path, digits_data):

@@ -299,3 +299,72 @@ def test_every_example_config_parses_into_a_module():
     for config in configs:
         run = LearnerRun(Learner(config.stem, str(config)))
         assert run.cfg.model.class_path.startswith("bioplausible_lightning."), config.name
+
+
+def _two_layers() -> nn.Sequential:
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Linear(5, 4, bias=False), nn.ReLU(),
+                         nn.Linear(4, 3, bias=False)).double()  # fmt: skip
+
+
+@pytest.mark.parametrize("normalize", ["unit", "max"])
+def test_per_layer_rates_and_temperatures_are_each_layers_own_rule(normalize):
+    """``lr=[a, b], temperature=[s, t]`` moves each layer exactly as a rule with that
+    layer's rate and temperature alone would (float64)."""
+    x = torch.rand(6, 5, dtype=torch.float64)
+    settings = dict(anti_hebbian=1.0, normalize=normalize)
+    model = _two_layers()
+    before = [p.detach().clone() for p in model.parameters()]
+    _step(SoftHebb(lr=[0.3, 0.05], temperature=[0.5, 2.0], **settings), model, x)
+    for index, (lr, temperature) in enumerate([(0.3, 0.5), (0.05, 2.0)]):
+        alone = _two_layers()
+        _step(SoftHebb(lr=lr, temperature=temperature, layers=[str(2 * index)], **settings),
+              alone, x)  # fmt: skip
+        layer = alone[2 * index].weight.detach()
+        torch.testing.assert_close(model[2 * index].weight.detach(), layer, rtol=0, atol=1e-14)
+        assert not torch.equal(layer, before[index])
+
+
+def test_per_layer_settings_are_refused_when_they_do_not_fit():
+    with pytest.raises(ValueError, match=r"lr\[1\]=-0.1"):
+        SoftHebb(lr=[0.1, -0.1])
+    with pytest.raises(ValueError, match=r"temperature=\[\]"):
+        SoftHebb(temperature=[])
+    rule = SoftHebb(lr=[0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match=r"lr=\[0.1, 0.2, 0.3\] is invalid for the 2 trained"):
+        rule.targets(_two_layers(), warn_unowned=False)
+
+
+def test_softhebb_conv_net_wide_start_and_padding():
+    model = SoftHebbConvNet((3, 16, 16), channels=(4, 8, 16), init="wide", seed=0)
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    norms = torch.cat([c.weight.flatten(1).norm(dim=1) for c in convs])
+    assert 20 < norms.mean() < 30  # SoftHebb's start: far outside the unit sphere
+    assert all(c.padding_mode == "reflect" for c in convs)
+    with pytest.raises(ValueError, match="padding_mode='mirror'"):
+        SoftHebbConvNet(padding_mode="mirror")
+
+
+def test_frozen_normalization_after_the_greedy_stage(monkeypatch):
+    """With ``freeze_normalization`` the BatchNorm statistics learn during the label-free
+    stage and stay fixed while the readout learns; the finished Hebbian rule stops running."""
+    torch.manual_seed(0)
+    images, labels = torch.rand(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=8)
+    model = SoftHebbConvNet((3, 16, 16), channels=(4, 8, 16), init="wide", seed=0)
+    hebbian = SoftHebb(lr=[0.08, 0.03, 0.06], temperature=[1.0, 1.5, 4.0], anti_hebbian=1.0,
+                       normalize="max", layer_steps=2)  # fmt: skip
+    rule = HebbianPerturbation(hebbian, NodePerturbation(num_directions=2, seed=0),
+                               readout_start=6, freeze_normalization=True)  # fmt: skip
+    module = PerturbationModule(model, rule=rule)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    trap_autograd(monkeypatch)
+    quiet_trainer(max_epochs=3).fit(module, data)  # 6 steps: the label-free stage
+    assert hebbian.steps == 6
+    stats = [m.running_mean.clone() for m in norms]
+    readout = model.head[-1].weight.detach().clone()
+    quiet_trainer(max_epochs=6).fit(module, data)  # 6 more: the readout alone
+    assert hebbian.steps == 6 and not torch.equal(model.head[-1].weight, readout)
+    assert all(torch.equal(m.running_mean, s) for m, s in zip(norms, stats))
+    with pytest.raises(ValueError, match="freeze_normalization=True is invalid"):
+        HebbianPerturbation(SoftHebb(), freeze_normalization=True)

@@ -25,19 +25,26 @@ from .models import (
     image_shape,
 )
 
-HiddenInit = Literal["torch", "normal", "positive"]
+HiddenInit = Literal["torch", "normal", "positive", "wide"]
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+#: Expected norm of a unit's weights under ``init="wide"`` (SoftHebb's conv layers).
+WIDE_INIT_NORM = 25.0
 
 
 def _init_hidden(weight: Tensor, init: HiddenInit) -> None:
     """``"normal"``: N(0, 1) (Krotov–Hopfield); ``"positive"``: |N(0, 1)| (SoftHebb's
-    all-positive start); ``"torch"``: leave the default init.  Both start far from the unit
-    sphere the rules converge to, which is what drives SoftHebb's norm-dependent rate."""
+    all-positive MLP start); ``"wide"``: N(0, 25² / fan-in), units of norm ≈ 25 (SoftHebb's
+    conv start); ``"torch"``: leave the default init (norm ≈ 0.58).  The first three start
+    far from the unit sphere the rules converge to, which is what drives SoftHebb's
+    norm-dependent rate: from the default init its units barely move in one epoch."""
     if init == "torch":
         return
     with torch.no_grad():
         weight.normal_()
         if init == "positive":
             weight.abs_()
+        elif init == "wide":
+            weight.mul_(WIDE_INIT_NORM / math.sqrt(weight[0].numel()))
 
 
 def _check_init(init: str) -> None:
@@ -111,7 +118,9 @@ class SoftHebbConvNet(nn.Module):
         kernel_sizes: Conv kernel size of each block (the paper: 5, 3, 3; "same" padding).
         triangle_powers: Exponent of each block's triangle activation.
         dropout: Dropout before the readout.
-        init: Hidden synapses' start (see :class:`HebbianMLP`).
+        init: Hidden synapses' start (see :class:`HebbianMLP`; ``"wide"`` is SoftHebb's).
+        padding_mode: The convolutions' padding (the paper: ``"reflect"``; ``"zeros"``
+            lost 2 points of the label-free features in one run).
         seed: Seed of the initialisation.
     """
 
@@ -124,10 +133,12 @@ class SoftHebbConvNet(nn.Module):
         triangle_powers: Sequence[float] = (0.7, 1.4, 1.0),
         dropout: float = 0.5,
         init: HiddenInit = "torch",
+        padding_mode: PaddingMode = "reflect",
         seed: int | None = None,
     ) -> None:
         super().__init__()
         self.input_shape = image_shape(input_shape)
+        check_choice("padding_mode", padding_mode, get_args(PaddingMode))
         check_positive_ints("channels", channels)
         check_positive_ints("kernel_sizes", kernel_sizes)
         if not (len(channels) == len(kernel_sizes) == len(triangle_powers)):
@@ -143,7 +154,8 @@ class SoftHebbConvNet(nn.Module):
         with _seeded(seed):
             blocks_spec = zip(channels, kernel_sizes, triangle_powers)
             for i, (out_c, kernel, power) in enumerate(blocks_spec):
-                conv = nn.Conv2d(c, out_c, kernel, padding=kernel // 2, bias=False)
+                conv = nn.Conv2d(c, out_c, kernel, padding=kernel // 2, bias=False,
+                                 padding_mode=padding_mode)  # fmt: skip
                 _init_hidden(conv.weight, init)
                 last = i == len(channels) - 1
                 pool = nn.AvgPool2d(2, 2) if last else nn.MaxPool2d(4, 2, padding=1)

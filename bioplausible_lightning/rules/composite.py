@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .._validation import check_instance, check_min_int, check_names
+from .._validation import check_bool, check_instance, check_min_int, check_names
 from ..distributed import Reducer
 from ..losses import PerSampleLoss
 from .backprop import Backprop
@@ -132,7 +133,14 @@ class HebbianPerturbation(CompositeRule):
         readout_start: A label-free stage first: the readout learns only once the Hebbian
             rule has made this many updates (default 0: both learn from the start), as in
             the peers' protocols, where the classifier is trained on a finished layer.
-            During the stage no perturbed passes are run.
+            During the stage no perturbed passes are run.  Once a greedy stage is over
+            (every layer has had its ``hebbian.layer_steps``) the Hebbian rule is no
+            longer run at all: a readout step costs the readout's passes only.
+        freeze_normalization: Once the greedy label-free stage is over, run every BatchNorm
+            of the model in eval mode during training, so that the readout learns on the
+            features the network computes at test time (running statistics, frozen with the
+            weights they normalise for) rather than on each batch's statistics, as SoftHebb
+            trains its classifier.  Needs ``hebbian.layer_steps`` (a stage that ends).
     """
 
     def __init__(
@@ -141,6 +149,7 @@ class HebbianPerturbation(CompositeRule):
         readout: PerturbationRule | Backprop | None = None,
         readout_layers: Sequence[str] | None = None,
         readout_start: int = 0,
+        freeze_normalization: bool = False,
     ) -> None:
         hebbian = hebbian if hebbian is not None else CompetitiveHebbian()
         readout = readout if readout is not None else NodePerturbation(num_directions=8)
@@ -157,8 +166,15 @@ class HebbianPerturbation(CompositeRule):
                 )
         readout_layers = check_names("readout_layers", readout_layers)
         check_min_int("readout_start", readout_start, 0)
+        check_bool("freeze_normalization", freeze_normalization)
+        if freeze_normalization and hebbian.layer_steps is None:
+            raise ValueError(
+                "freeze_normalization=True is invalid with hebbian.layer_steps=None: the "
+                "statistics freeze when a greedy label-free stage ends; set layer_steps."
+            )
         super().__init__([hebbian, readout])
         self.readout_start = readout_start
+        self.freeze_normalization = freeze_normalization
         self.hebbian, self.readout = hebbian, readout
         self.readout_layers = readout_layers
         self._parts_for: PerModel[bool] = PerModel()
@@ -171,10 +187,22 @@ class HebbianPerturbation(CompositeRule):
         targets: Tensor,
         grad_scale: float = 1.0,
     ) -> RuleOutput:
-        if self.hebbian.steps >= self.readout_start:
+        self.targets(model)  # assigns and checks the layers
+        if self.hebbian.steps < self.readout_start:
+            return self.hebbian.estimate(model, loss_fn, inputs, targets, grad_scale)
+        if not self.label_free_stage_over(model):
             return super().estimate(model, loss_fn, inputs, targets, grad_scale)
-        self.targets(model)  # assigns and checks the layers, as the full step does
-        return self.hebbian.estimate(model, loss_fn, inputs, targets, grad_scale)
+        if self.freeze_normalization:
+            for module in model.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self.readout.estimate(model, loss_fn, inputs, targets, grad_scale)
+
+    def label_free_stage_over(self, model: nn.Module) -> bool:
+        """Whether a greedy Hebbian stage has trained every hidden layer (never without
+        ``layer_steps``): from then on only the readout learns."""
+        steps = self.hebbian.layer_steps
+        return steps is not None and self.hebbian.steps >= steps * len(self.hebbian.targets(model))
 
     def parts(self, model: nn.Module) -> list[LearningRule]:
         if self._parts_for.get(model) is None:

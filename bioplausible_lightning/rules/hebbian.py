@@ -116,14 +116,41 @@ def _updates_synapses(module: nn.Module) -> bool:
     )
 
 
+def _one_or_per_layer(name: str, value: float | Sequence[float]) -> float | tuple[float, ...]:
+    """A positive number, or a non-empty sequence of them (one per trained layer)."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        values = tuple(value)
+        if not values:
+            raise ValueError(f"{name}=[] is invalid: give a number > 0 or one per layer.")
+        for i, v in enumerate(values):
+            check_positive(f"{name}[{i}]", v)
+        return tuple(float(v) for v in values)
+    check_positive(name, value)
+    return float(value)
+
+
+def _check_one_per_layer(
+    name: str, value: float | tuple[float, ...], targets: Sequence[tuple[str, nn.Module]]
+) -> None:
+    if isinstance(value, tuple) and len(value) != len(targets):
+        layers = [layer for layer, _ in targets]
+        raise ValueError(
+            f"{name}={list(value)!r} is invalid for the {len(targets)} trained layers "
+            f"{layers}: give one value per layer (forward order) or a single number."
+        )
+
+
 class CompetitiveHebbian(LearningRule):
     """Label-free competitive Hebbian learning for hidden ``nn.Linear``/``nn.Conv2d`` layers.
 
     Args:
-        lr: Plasticity rate ``η`` (> 0) of the rule's own SGD optimizer.
+        lr: Plasticity rate ``η`` (> 0) of the rule's own SGD optimizer; a sequence gives
+            each trained layer its own (in forward order, one per layer), as SoftHebb's
+            conv layers need.
         competition: ``"soft"`` (softmax with ``temperature``), ``"hard"`` (k-WTA) or
             ``"rank"`` (the strongest unit Hebbian, the ``k``-th anti-Hebbian).
-        temperature: Softmax temperature (> 0; smaller = harder) on the similarities.
+        temperature: Softmax temperature (> 0; smaller = harder) on the similarities; a
+            sequence: one per trained layer, like ``lr``.
         k: Winners per example for ``"hard"`` (>= 1); the anti-Hebbian rank for
             ``"rank"`` (>= 2); fewer than the layer's units.
         homeostasis: Threshold rate ``η_θ`` (>= 0; 0 switches homeostasis off).
@@ -143,9 +170,9 @@ class CompetitiveHebbian(LearningRule):
 
     def __init__(
         self,
-        lr: float = 0.1,
+        lr: float | Sequence[float] = 0.1,
         competition: Competition = "soft",
-        temperature: float = 1 / 30,
+        temperature: float | Sequence[float] = 1 / 30,
         k: int = 1,
         homeostasis: float = 5e-4,
         adaptive_rate: bool = False,
@@ -157,9 +184,9 @@ class CompetitiveHebbian(LearningRule):
         normalize: StepNormalization = "unit",
         lr_decay_steps: int | None = None,
     ) -> None:
-        check_positive("lr", lr)
+        lr = _one_or_per_layer("lr", lr)
         check_choice("competition", competition, get_args(Competition))
-        check_positive("temperature", temperature)
+        temperature = _one_or_per_layer("temperature", temperature)
         check_min_int("k", k, 2 if competition == "rank" else 1)
         check_nonnegative("homeostasis", homeostasis)
         check_bool("adaptive_rate", adaptive_rate)
@@ -175,9 +202,9 @@ class CompetitiveHebbian(LearningRule):
         check_choice("normalize", normalize, get_args(StepNormalization))
         if lr_decay_steps is not None:
             check_min_int("lr_decay_steps", lr_decay_steps, 1)
-        self.lr = float(lr)
+        self.lr = lr
         self.competition = competition
-        self.temperature = float(temperature)
+        self.temperature = temperature
         self.k = k
         self.homeostasis = float(homeostasis)
         self.adaptive_rate = adaptive_rate
@@ -201,6 +228,8 @@ class CompetitiveHebbian(LearningRule):
         targets = self._targets.get(model)
         if targets is None:
             targets = find_target_layers(model, self.layers, type(self).__name__, warn_unowned)
+            for setting in ("lr", "temperature"):
+                _check_one_per_layer(setting, getattr(self, setting), targets)
             for name, module in targets:
                 units = weight_param(module).shape[0]
                 if self.competition != "soft" and self.k >= units:
@@ -219,15 +248,28 @@ class CompetitiveHebbian(LearningRule):
         index = self._steps // self.layer_steps
         return layers[index : index + 1]
 
+    def layer_setting(self, setting: str, index: int) -> float:
+        """``lr`` or ``temperature`` of the ``index``-th trained layer (forward order)."""
+        value = getattr(self, setting)
+        return value[index] if isinstance(value, tuple) else value
+
     def own_optimizers(self, model: nn.Module) -> list[OwnOptimizer]:
         weights = [weight_param(module) for _, module in self.targets(model)]
-        return [OwnOptimizer([{"params": weights}], functools.partial(torch.optim.SGD, lr=self.lr))]
+        if not isinstance(self.lr, tuple):
+            groups = [{"params": weights}]
+        else:  # one group per layer, each with its own rate
+            groups = [{"params": [w], "lr": lr} for w, lr in zip(weights, self.lr)]
+        first_lr = self.layer_setting("lr", 0)
+        return [OwnOptimizer(groups, functools.partial(torch.optim.SGD, lr=first_lr))]
 
     # -- the update ----------------------------------------------------------------------
-    def competition_weights(self, scores: Tensor) -> Tensor:
-        """``y``: each row's share of the competition, from similarities minus thresholds."""
+    def competition_weights(self, scores: Tensor, temperature: float | None = None) -> Tensor:
+        """``y``: each row's share of the competition, from similarities minus thresholds
+        (``temperature``: the layer's; default the first layer's)."""
         if self.competition == "soft":
-            y = torch.softmax(scores / self.temperature, dim=1)
+            if temperature is None:
+                temperature = self.layer_setting("temperature", 0)
+            y = torch.softmax(scores / temperature, dim=1)
             if self.anti_hebbian > 0:
                 winner = scores.argmax(dim=1, keepdim=True)
                 losers = torch.ones_like(y).scatter_(1, winner, 0.0)
@@ -247,11 +289,12 @@ class CompetitiveHebbian(LearningRule):
         return max(0.0, 1.0 - self._steps / self.lr_decay_steps)
 
     def hebbian_update(
-        self, weight: Tensor, x: Tensor, u: Tensor, threshold: Tensor
+        self, weight: Tensor, x: Tensor, u: Tensor, threshold: Tensor, index: int = 0
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(Δw as SGD grad, new threshold, share r)`` for rows ``x`` ``(R, in)`` and
-        responses ``u`` ``(R, units)`` of a layer whose synapses are ``weight``
-        ``(units, in)``."""
+        responses ``u`` ``(R, units)`` of the ``index``-th trained layer, whose synapses
+        are ``weight`` ``(units, in)``."""
+        lr = self.layer_setting("lr", index)
         w = weight.reshape(weight.shape[0], -1)
         needs_norms = self.similarity == "cosine" or self.adaptive_rate
         norms = w.norm(dim=1).clamp_min(1e-12) if needs_norms else None
@@ -259,7 +302,7 @@ class CompetitiveHebbian(LearningRule):
             scores = u / norms / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
         else:
             scores = u
-        y = self.competition_weights(scores - threshold)
+        y = self.competition_weights(scores - threshold, self.layer_setting("temperature", index))
         rows = x.shape[0]
         yu = (y * u).sum(0) / rows  # mean_b y_i u_i, the decay's factor
         if self.normalize == "unit":
@@ -284,12 +327,12 @@ class CompetitiveHebbian(LearningRule):
             if adapt is not None:  # SoftHebb's conv layers: the max step, per-unit rates
                 step = step * (adapt if active is None else adapt[active])[:, None]
         else:
-            rate = torch.full_like(yu, self.lr)
+            rate = torch.full_like(yu, lr)
             if adapt is not None:
                 rate = rate * adapt
             rate = rate / (2 * rate * yu.abs()).clamp_min(1.0)
             rate = rate if active is None else rate[active]
-            step = -(decay * rate / self.lr)[:, None] * delta
+            step = -(decay * rate / lr)[:, None] * delta
         grad = step if active is None else w.new_zeros(w.shape).index_copy_(0, active, step)
         share = y.clamp_min(0).sum(0) / rows
         fair = (self.k if self.competition == "hard" else 1) / w.shape[0]
@@ -311,6 +354,7 @@ class CompetitiveHebbian(LearningRule):
             return RuleOutput(nan, torch.empty(0, device=inputs.device), finite=False)
         records: dict[str, tuple[Tensor, Tensor]] = {}
         names = {module: name for name, module in active}
+        index = {name: i for i, (name, _) in enumerate(self.targets(model))}
 
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
             name = names[module]
@@ -345,7 +389,9 @@ class CompetitiveHebbian(LearningRule):
                 if threshold is None:
                     threshold = torch.zeros(weight.shape[0], device=weight.device, dtype=dtype)
                 threshold = threshold.to(weight.device, dtype)
-                grad, threshold, _ = self.hebbian_update(weight, rows_x, rows_u, threshold)
+                grad, threshold, _ = self.hebbian_update(
+                    weight, rows_x, rows_u, threshold, index[name]
+                )
                 self._thresholds[name] = threshold
                 if on_synapses:
                     accumulate_param_grad(synapses, grad * grad_scale)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .hebbian import CompetitiveHebbian
+from .hebbian import CompetitiveHebbian, StepNormalization
 
 
 class KrotovHopfield(CompetitiveHebbian):
@@ -58,24 +58,28 @@ class SoftHebb(CompetitiveHebbian):
     MNIST settings: one layer of 2000 units, inverse temperature 12 (``T = 1/12``).
 
     Args:
-        lr: Rate ``η``.
-        temperature: ``T`` (> 0), the inverse of SoftHebb's ``t_inv``.
+        lr: Rate ``η``; or one per layer (the conv network's 0.08 / 0.03 / 0.06).
+        temperature: ``T`` (> 0), the inverse of SoftHebb's ``t_inv``; or one per layer
+            (the conv network's ``t_inv`` 1 / 0.65 / 0.25).
         anti_hebbian: 0 (MNIST, 2022) or 1 (the 2023 conv networks).
         lr_decay_steps: Optional linear decay of the rate to zero.
         layers, layer_steps: As for :class:`CompetitiveHebbian`.
+        normalize: ``"unit"`` (MNIST) or ``"max"``: the layer's update divided by its
+            largest entry, then scaled per unit (the 2023 conv networks' step).
     """
 
     def __init__(
         self,
-        lr: float = 0.05,
-        temperature: float = 1 / 12,
+        lr: float | Sequence[float] = 0.05,
+        temperature: float | Sequence[float] = 1 / 12,
         anti_hebbian: float = 0.0,
         lr_decay_steps: int | None = None,
         layers: Sequence[str] | None = None,
         layer_steps: int | None = None,
+        normalize: StepNormalization = "unit",
     ) -> None:
         super().__init__(
             lr=lr, competition="soft", temperature=temperature, homeostasis=0.0,
             adaptive_rate=True, layers=layers, layer_steps=layer_steps, similarity="dot",
-            anti_hebbian=anti_hebbian, normalize="unit", lr_decay_steps=lr_decay_steps,
+            anti_hebbian=anti_hebbian, normalize=normalize, lr_decay_steps=lr_decay_steps,
         )  # fmt: skip
