@@ -494,6 +494,7 @@ def test_every_example_config_builds_its_module(config, digits_data):
     from bioplausible_lightning.evaluation import Learner
     from bioplausible_lightning.evaluation.learners import LearnerRun
 
+    assert len(list((ROOT / "examples").glob("*.yaml"))) >= 10  # the glob found the configs
     run = LearnerRun(Learner("x", f"examples/{config}"))
     module = run.module(run.model(digits_data, 0), epochs=2)
     assert isinstance(module, L.LightningModule)

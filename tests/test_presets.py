@@ -289,18 +289,6 @@ def test_every_peer_learner_config_parses_and_builds_its_model():
     assert isinstance(krotov.layers[0].parametrizations.weight[0], LebesguePower)
 
 
-def test_every_example_config_parses_into_a_module():
-    from pathlib import Path
-
-    from bioplausible_lightning.evaluation.learners import ROOT, Learner, LearnerRun
-
-    configs = sorted(Path(ROOT, "examples").glob("*.yaml"))
-    assert len(configs) >= 10
-    for config in configs:
-        run = LearnerRun(Learner(config.stem, str(config)))
-        assert run.cfg.model.class_path.startswith("bioplausible_lightning."), config.name
-
-
 def _two_layers() -> nn.Sequential:
     torch.manual_seed(4)
     return nn.Sequential(nn.Linear(5, 4, bias=False), nn.ReLU(),
