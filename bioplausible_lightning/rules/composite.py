@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from .._replicas import batch_coupled_modules
 from .._validation import check_bool, check_instance, check_min_int, check_names
 from ..distributed import Reducer
 from ..losses import PerSampleLoss
@@ -193,9 +193,8 @@ class HebbianPerturbation(CompositeRule):
         if not self.label_free_stage_over(model):
             return super().estimate(model, loss_fn, inputs, targets, grad_scale)
         if self.freeze_normalization:
-            for module in model.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
+            for module in batch_coupled_modules(model):  # BatchNorm in train mode
+                module.eval()
         return self.readout.estimate(model, loss_fn, inputs, targets, grad_scale)
 
     def label_free_stage_over(self, model: nn.Module) -> bool:

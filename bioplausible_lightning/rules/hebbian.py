@@ -66,9 +66,9 @@ from .base import PerturbationRule
 from .layers import (
     accumulate_param_grad,
     accumulate_weight_grad,
+    conv_input_and_padding,
     find_target_layers,
     is_conv,
-    padded_conv_input,
     weight_param,
 )
 from .rule import LearningRule, OwnOptimizer, PerModel, RuleOutput
@@ -81,8 +81,8 @@ StepNormalization = Literal["unit", "max"]
 def layer_inputs_as_rows(module: nn.Module, x: Tensor) -> Tensor:
     """The layer's presynaptic vectors, one row each: ``(N, in)`` or every conv patch."""
     if is_conv(module):
-        x = padded_conv_input(module, x)
-        patches = F.unfold(x, module.kernel_size, module.dilation, 0, module.stride)
+        x, padding = conv_input_and_padding(module, x)
+        patches = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
     return x.reshape(-1, x.shape[-1])
 

@@ -100,14 +100,19 @@ def is_conv(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d)
 
 
-def padded_conv_input(module: nn.Conv2d, x: Tensor) -> Tensor:
-    """``x`` (``(N, C, H, W)``) padded exactly as the layer's own forward pads it, whatever
-    its ``padding_mode`` (``"reflect"``, ``"circular"``…) or ``padding`` (``"same"``
-    included): a rule's convolutions on it then run with ``padding=0`` and see the patches
-    the layer saw.  Reusing ``module.padding`` instead would silently pad reflect/circular
-    layers with zeros, a wrong update."""
+def conv_input_and_padding(
+    module: nn.Conv2d, x: Tensor
+) -> tuple[Tensor, int | tuple[int, ...]]:
+    """``(x, padding)`` for a rule's own convolution over the layer's input ``x``
+    (``(N, C, H, W)``) so that it sees exactly the patches the layer saw: numeric zero
+    padding is passed on as it is (no copy of ``x``); any other ``padding_mode``
+    (``"reflect"``, ``"circular"``…) or a string ``padding`` (``"same"``) is applied to ``x``
+    here as the layer's forward applies it, with ``padding=0`` after.  Passing
+    ``module.padding`` for those would silently pad with zeros: a wrong update."""
+    if module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        return x, module.padding
     mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-    return F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+    return F.pad(x, module._reversed_padding_repeated_twice, mode=mode), 0
 
 
 def weight_parametrizations(module: nn.Module) -> list[nn.Module]:

@@ -31,9 +31,9 @@ from .base import Estimator, NoiseKind, PerturbationRule, ReplicateAt, sample_no
 from .layers import (
     accumulate_param_grad,
     accumulate_weight_grad,
+    conv_input_and_padding,
     is_conv,
     is_weight_parametrized,
-    padded_conv_input,
     write_outer_in_place,
 )
 from .rule import RuleOutput
@@ -164,11 +164,11 @@ class NodePerturbation(PerturbationRule):
         """Layer-local update: correlate ``delta`` with the layer's input."""
         delta = delta * scale  # small: scale here, not the weight-sized product
         if is_conv(module):
-            flat_x = padded_conv_input(module, x.reshape(-1, *x.shape[2:]))
+            flat_x, padding = conv_input_and_padding(module, x.reshape(-1, *x.shape[2:]))
             flat_delta = delta.reshape(-1, *delta.shape[2:])
             grad_w = conv2d_weight(
                 flat_x, module.weight.shape, flat_delta,
-                module.stride, 0, module.dilation, module.groups,
+                module.stride, padding, module.dilation, module.groups,
             )  # fmt: skip
             grad_b = flat_delta.sum(dim=(0, 2, 3))
         else:

@@ -65,10 +65,10 @@ from .layers import (
     accumulate_param_grad,
     accumulate_weight_grad,
     add_outer_products,
+    conv_input_and_padding,
     is_conv,
     is_exp_dale,
     is_weight_parametrized,
-    padded_conv_input,
     weight_param,
     write_outer_in_place,
 )
@@ -94,8 +94,8 @@ class _PendingUpdate:
 def _apply(module: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
     """The layer's linear map with ``weight`` in place of its own (no bias)."""
     if is_conv(module):
-        x = padded_conv_input(module, x)
-        return F.conv2d(x, weight, None, module.stride, 0, module.dilation)
+        x, padding = conv_input_and_padding(module, x)
+        return F.conv2d(x, weight, None, module.stride, padding, module.dilation)
     return F.linear(x, weight)
 
 
@@ -186,8 +186,9 @@ class LowRank(PerturbationStructure):
         r, b = xs.shape[:2]
         kernels = v.transpose(1, 2).reshape(r * self.rank, *weight_param(module).shape[1:])
         grouped = xs.transpose(0, 1).reshape(b, r * xs.shape[2], *xs.shape[3:])
-        grouped = padded_conv_input(module, grouped)
-        proj = F.conv2d(grouped, kernels, None, module.stride, 0, module.dilation, groups=r)
+        grouped, padding = conv_input_and_padding(module, grouped)
+        proj = F.conv2d(grouped, kernels, None, module.stride, padding, module.dilation,
+                        groups=r)  # fmt: skip
         proj = proj.view(b, r, self.rank, *proj.shape[2:])
         return torch.einsum("brkhw,rok->rbohw", proj, u)
 
