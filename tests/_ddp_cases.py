@@ -24,6 +24,7 @@ from torch import nn
 from bioplausible_lightning import (
     BackpropModule,
     BioMLP,
+    CompetitiveHebbian,
     DigitsDataModule,
     DopamineStepSize,
     HebbianPerturbation,
@@ -83,6 +84,10 @@ def build(case: str) -> tuple[L.LightningModule, dict[str, Any]]:
     if case == "hebbian":  # the rule's own SGD and its thresholds
         rule = HebbianPerturbation(readout=NodePerturbation(num_directions=2))
         return PerturbationModule(_mlp(), rule), {"max_steps": 6}
+    if case == "hebbian_greedy":  # after its greedy stage only the readout runs
+        rule = HebbianPerturbation(CompetitiveHebbian(layer_steps=3),
+                                   NodePerturbation(num_directions=2), readout_start=3)  # fmt: skip
+        return PerturbationModule(_mlp(), rule), {"max_steps": 6}
     if case == "skip_with_adapter":  # rank 1 alone meets a NaN at its 3rd batch
         module = PerturbationModule(
             _mlp(), NodePerturbation(num_directions=2), loss=_NanOnRankOne(at_call=3),
@@ -98,7 +103,7 @@ def build(case: str) -> tuple[L.LightningModule, dict[str, Any]]:
 
 CASES = (
     "np", "wp_shared_multiplicative", "wp_allreduce_additive", "wp_shared_dense",
-    "wp_shared_inplace", "bp", "hebbian", "skip_with_adapter", "bp_skip",
+    "wp_shared_inplace", "bp", "hebbian", "hebbian_greedy", "skip_with_adapter", "bp_skip",
 )  # fmt: skip
 
 
