@@ -119,8 +119,7 @@ class SoftHebbConvNet(nn.Module):
         triangle_powers: Exponent of each block's triangle activation.
         dropout: Dropout before the readout.
         init: Hidden synapses' start (see :class:`HebbianMLP`; ``"wide"`` is SoftHebb's).
-        padding_mode: The convolutions' padding (the paper: ``"reflect"``; ``"zeros"``
-            lost 2 points of the label-free features in one run).
+        padding_mode: The convolutions' padding (the paper's: ``"reflect"``).
         seed: Seed of the initialisation.
     """
 
