@@ -1,5 +1,7 @@
 """Krotov–Hopfield and SoftHebb presets: exact updates, the Lebesgue layer, label-free learning."""
 
+from functools import partial
+
 import pytest
 import torch
 from _helpers import quiet_trainer, trap_autograd
@@ -331,6 +333,53 @@ def test_softhebb_conv_net_wide_start_and_padding():
     assert all(c.padding_mode == "reflect" for c in convs)
     with pytest.raises(ValueError, match="padding_mode='mirror'"):
         SoftHebbConvNet(padding_mode="mirror")
+
+
+def test_softhebb_conv_net_few_shot_readout_options():
+    model = SoftHebbConvNet((1, 12, 12), channels=(4, 8, 6), readout_norm=True,
+                            readout_init="zeros", seed=0)  # fmt: skip
+    norm, readout = model.head[1], model.head[-1]
+    assert isinstance(norm, nn.BatchNorm1d) and not norm.affine
+    assert norm.num_features == readout.in_features == 6 * 1 * 1
+    assert not readout.weight.any() and not readout.bias.any()
+    plain = SoftHebbConvNet((1, 12, 12), channels=(4, 8, 6), seed=0)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in plain.modules())
+    assert plain.head[-1].weight.any()
+    with pytest.raises(ValueError, match="readout_init='ones'"):
+        SoftHebbConvNet(readout_init="ones")
+    with pytest.raises(ValueError, match="readout_norm=1"):
+        SoftHebbConvNet(readout_norm=1)
+
+
+@pytest.mark.parametrize("readout_init", ["zeros", "torch"])
+def test_silent_readout_learns_in_the_span_of_its_inputs(readout_init):
+    """From ``readout_init="zeros"``, node perturbation with plain SGD keeps the readout's
+    weights in the span of the features it was shown (what makes it prototype-like from a
+    few images); from the default init they keep the random start outside that span."""
+    torch.manual_seed(0)
+    images, labels = torch.rand(10, 1, 12, 12), torch.arange(10)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels),
+                                       batch_size=10)  # fmt: skip
+    model = SoftHebbConvNet((1, 12, 12), channels=(4, 8, 64), dropout=0.0, readout_norm=True,
+                            readout_init=readout_init, seed=0)  # fmt: skip
+    rule = HebbianPerturbation(SoftHebb(layer_steps=1), NodePerturbation(num_directions=4, seed=0),
+                               readout_start=3, freeze_normalization=True)  # fmt: skip
+    module = PerturbationModule(model, rule=rule, optimizer=partial(torch.optim.SGD, lr=0.05))
+    quiet_trainer(max_epochs=3).fit(module, data)  # the label-free stage: 3 steps
+    start = model.head[-1].weight.detach().clone()
+    seen = []
+    model.head[-1].register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    quiet_trainer(max_epochs=10).fit(module, data)  # 7 readout steps on 10 feature vectors
+    weight = model.head[-1].weight.detach()
+    _, values, vh = torch.linalg.svd(torch.cat(seen), full_matrices=False)
+    basis = vh[values > 1e-5 * values[0]]  # rows: an orthonormal basis of the inputs' span
+    assert basis.shape[0] <= 10 < weight.shape[1]  # ten images: a proper subspace
+    outside = (weight - weight @ basis.T @ basis).norm() / weight.norm()
+    assert not torch.equal(weight, start)
+    if readout_init == "zeros":
+        assert not start.any() and outside < 1e-4
+    else:
+        assert outside > 0.5
 
 
 def test_frozen_normalization_after_the_greedy_stage(monkeypatch):

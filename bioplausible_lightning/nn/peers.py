@@ -27,6 +27,7 @@ from .models import (
 
 HiddenInit = Literal["torch", "normal", "positive", "wide"]
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+ReadoutInit = Literal["torch", "zeros"]
 #: Expected norm of a unit's weights under ``init="wide"`` (SoftHebb's conv layers).
 WIDE_INIT_NORM = 25.0
 
@@ -108,7 +109,7 @@ class HebbianMLP(nn.Module):
 class SoftHebbConvNet(nn.Module):
     """SoftHebb's CIFAR-10 network (Journé et al. 2023): three blocks of non-affine
     BatchNorm → conv (no bias) → triangle activation → pooling, then dropout and a linear
-    readout.
+    readout (optionally on standardised features, from a silent start: the few-shot readout).
 
     Args:
         input_shape: ``(C, H, W)``.
@@ -120,6 +121,15 @@ class SoftHebbConvNet(nn.Module):
         dropout: Dropout before the readout.
         init: Hidden synapses' start (see :class:`HebbianMLP`; ``"wide"`` is SoftHebb's).
         padding_mode: The convolutions' padding (the paper's: ``"reflect"``).
+        readout_norm: Standardise each feature the readout sees (a non-affine
+            ``BatchNorm1d`` after the flatten, like the blocks' own input normalisation).
+            The pooled features are all positive and share a large common mode, which a
+            first-order readout unlearns slowly, too slowly for the few steps of a few-shot
+            run.  Frozen with the blocks' BatchNorm by
+            ``HebbianPerturbation(freeze_normalization=True)``.
+        readout_init: ``"zeros"``: the readout starts silent, so plain SGD keeps its weights
+            in the span of the features it has seen (a prototype-like classifier) instead of
+            adding the random start's response to every test image; ``"torch"``: default init.
         seed: Seed of the initialisation.
     """
 
@@ -133,11 +143,15 @@ class SoftHebbConvNet(nn.Module):
         dropout: float = 0.5,
         init: HiddenInit = "torch",
         padding_mode: PaddingMode = "reflect",
+        readout_norm: bool = False,
+        readout_init: ReadoutInit = "torch",
         seed: int | None = None,
     ) -> None:
         super().__init__()
         self.input_shape = image_shape(input_shape)
         check_choice("padding_mode", padding_mode, get_args(PaddingMode))
+        check_choice("readout_norm", readout_norm, (True, False))
+        check_choice("readout_init", readout_init, get_args(ReadoutInit))
         check_positive_ints("channels", channels)
         check_positive_ints("kernel_sizes", kernel_sizes)
         if not (len(channels) == len(kernel_sizes) == len(triangle_powers)):
@@ -161,9 +175,13 @@ class SoftHebbConvNet(nn.Module):
                 blocks += [nn.BatchNorm2d(c, affine=False), conv, Triangle(power), pool]
                 c, h, w = out_c, h // 2, w // 2
             self.features = nn.Sequential(*blocks)
-            self.head = nn.Sequential(
-                nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * h * w, num_classes)
-            )
+            n_features = c * h * w
+            norm = [nn.BatchNorm1d(n_features, affine=False)] if readout_norm else []
+            readout = nn.Linear(n_features, num_classes)
+            if readout_init == "zeros":
+                nn.init.zeros_(readout.weight)
+                nn.init.zeros_(readout.bias)
+            self.head = nn.Sequential(nn.Flatten(), *norm, nn.Dropout(dropout), readout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(_check_input(x, self.input_shape, type(self).__name__)))
