@@ -388,13 +388,15 @@ def test_frozen_normalization_after_the_greedy_stage(monkeypatch):
     torch.manual_seed(0)
     images, labels = torch.rand(16, 3, 16, 16), torch.randint(0, 10, (16,))
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=8)
-    model = SoftHebbConvNet((3, 16, 16), channels=(4, 8, 16), init="wide", seed=0)
+    model = SoftHebbConvNet((3, 16, 16), channels=(4, 8, 16), init="wide", readout_norm=True,
+                            seed=0)  # fmt: skip
     hebbian = SoftHebb(lr=[0.08, 0.03, 0.06], temperature=[1.0, 1.5, 4.0], anti_hebbian=1.0,
                        normalize="max", layer_steps=2)  # fmt: skip
     rule = HebbianPerturbation(hebbian, NodePerturbation(num_directions=2, seed=0),
                                readout_start=6, freeze_normalization=True)  # fmt: skip
     module = PerturbationModule(model, rule=rule)
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 4  # the three blocks' and the readout's
     trap_autograd(monkeypatch)
     quiet_trainer(max_epochs=3).fit(module, data)  # 6 steps: the label-free stage
     assert hebbian.steps == 6

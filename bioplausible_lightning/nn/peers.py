@@ -126,7 +126,9 @@ class SoftHebbConvNet(nn.Module):
             The pooled features are all positive and share a large common mode, which a
             first-order readout unlearns slowly, too slowly for the few steps of a few-shot
             run.  Frozen with the blocks' BatchNorm by
-            ``HebbianPerturbation(freeze_normalization=True)``.
+            ``HebbianPerturbation(freeze_normalization=True)``; until then (and under
+            backprop) a training batch needs more than one example, as for any
+            ``BatchNorm1d``.
         readout_init: ``"zeros"``: the readout starts silent, so plain SGD keeps its weights
             in the span of the features it has seen (a prototype-like classifier) instead of
             adding the random start's response to every test image; ``"torch"``: default init.
