@@ -14,7 +14,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_choice, check_fraction, check_positive_ints
+from .._validation import check_bool, check_choice, check_fraction, check_positive_ints
 from .activations import Triangle
 from .lebesgue import lebesgue_
 from .models import (
@@ -152,7 +152,7 @@ class SoftHebbConvNet(nn.Module):
         super().__init__()
         self.input_shape = image_shape(input_shape)
         check_choice("padding_mode", padding_mode, get_args(PaddingMode))
-        check_choice("readout_norm", readout_norm, (True, False))
+        check_bool("readout_norm", readout_norm)
         check_choice("readout_init", readout_init, get_args(ReadoutInit))
         check_positive_ints("channels", channels)
         check_positive_ints("kernel_sizes", kernel_sizes)
