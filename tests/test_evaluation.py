@@ -360,11 +360,30 @@ def test_representation_report_per_hidden_layer(digits):
 
 
 # -- the one command ---------------------------------------------------------------------
+def _load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _load_compare():
-    spec = importlib.util.spec_from_file_location("compare", ROOT / "examples" / "compare.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
-    return compare
+    return _load_example("compare")
+
+
+def test_depth_codes_reads_every_hidden_layer_of_a_trained_stack():
+    depth_codes = _load_example("depth_codes")
+    codes = torch.zeros(4, 8)
+    codes[:, 0] = 1.0
+    assert depth_codes.effective_units(codes) == pytest.approx(1 / 8)  # one unit does it all
+    assert depth_codes.effective_units(torch.ones(4, 8)) == pytest.approx(1.0)
+    rows = depth_codes.main(["--dataset", "digits", "--config", "examples/digits_hebbian.yaml",
+                             "--depth", "2", "--width", "16", "--epochs", "1"])  # fmt: skip
+    assert len(rows) == 2  # one row per hidden layer
+    for row in rows:
+        assert 0.2 < row["probe"] <= 1.0  # a trained layer's code beats chance (0.1)
+        assert 1 <= row["winner_sets"] <= 450  # at most one set per test image (450)
+        assert 0 < row["units_in_use"] <= 1
 
 
 def test_quick_report_writes_every_file_with_one_column_per_learner(tmp_path):
