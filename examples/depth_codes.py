@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     print("|---|---:|---:|---:|")
     for index, (name, train_codes) in enumerate(codes_train.items(), start=1):
         test_codes = codes_test[name].flatten(1)
-        classes = int(labels_train.max()) + 1
-        head = logistic_regression(unit_norm(train_codes.flatten(1)), labels_train, classes)
+        features = unit_norm(train_codes.flatten(1))
+        head = logistic_regression(features, labels_train, data.num_classes)
         probe = float((head(unit_norm(test_codes)).argmax(1) == labels_test).float().mean())
         winner_sets = torch.unique(test_codes > 0, dim=0).shape[0]
         in_use = effective_units(test_codes)
