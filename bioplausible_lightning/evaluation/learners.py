@@ -87,7 +87,8 @@ DEFAULT_LEARNERS: dict[str, tuple[Learner, ...]] = {
 
 
 #: The Hebbian peers as presets of the package's rule (``--peers`` in ``examples/compare.py``
-#: appends them to the standard learners); Krotov–Hopfield has an MLP config only.
+#: appends them to the standard learners); Krotov–Hopfield is an MLP, SoftHebb a conv network
+#: on CIFAR-10.
 PEER_LEARNERS: dict[str, tuple[Learner, ...]] = {
     "mnist": (
         Learner("krotov-hopfield", "examples/mnist_krotov.yaml",
@@ -96,6 +97,8 @@ PEER_LEARNERS: dict[str, tuple[Learner, ...]] = {
                 description="SoftHebb as a preset (SoftHebb, HebbianMLP)"),
     ),
     "cifar10": (
+        Learner("krotov-hopfield", "examples/cifar10_krotov.yaml",
+                description="Krotov & Hopfield 2019 as a preset (KrotovHopfield, HebbianMLP)"),
         Learner("softhebb", "examples/cifar10_softhebb.yaml",
                 description="SoftHebb conv 24-96-384 as a preset (SoftHebb, SoftHebbConvNet)"),
     ),
