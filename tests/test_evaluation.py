@@ -386,6 +386,16 @@ def test_depth_codes_reads_every_hidden_layer_of_a_trained_stack():
         assert 0 < row["units_in_use"] <= 1
 
 
+def test_readout_probe_compares_the_readout_with_an_exact_probe_of_its_input(tmp_path):
+    readout_probe = _load_example("readout_probe")
+    args = ["--dataset", "digits", "--config", "examples/digits.yaml", "--epochs", "3"]
+    result = readout_probe.main(args)
+    assert 0.3 < result["readout"] <= 1.0  # a trained learner beats chance (0.1)
+    assert 0.3 < result["probe"] <= 1.0
+    with pytest.raises(ValueError, match="checkpoint=.*no such file"):
+        readout_probe.main([*args, "--checkpoint", str(tmp_path / "missing.ckpt")])
+
+
 def test_quick_report_writes_every_file_with_one_column_per_learner(tmp_path):
     out = tmp_path / "quick"
     report = _load_compare().main(["--quick", "--out", str(out), "--threads", "1"])
