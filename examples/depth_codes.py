@@ -21,10 +21,9 @@ import argparse
 
 import torch
 
-from bioplausible_lightning.data.preloaded import PreloadedDataModule
 from bioplausible_lightning.evaluation.fewshot import logistic_regression, unit_norm
-from bioplausible_lightning.evaluation.learners import Learner, LearnerRun
-from bioplausible_lightning.evaluation.report import Context, accuracy, full_config, make_datamodule
+from bioplausible_lightning.evaluation.learners import Learner
+from bioplausible_lightning.evaluation.report import Context, accuracy
 from bioplausible_lightning.evaluation.representations import collect_activations
 
 
@@ -51,16 +50,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     # --model.init_args.rule.init_args.hebbian.init_args.lr 1.0
     args, overrides = parser.parse_known_args(argv)
     torch.set_num_threads(args.threads)
-    learner = Learner("probe", args.config, tuple(overrides))
-    learners = (learner, Learner("unused", args.config))  # a comparison needs two
-    config = full_config(
-        args.dataset, args.data_dir, None, download=False, seed=args.seed, learners=learners,
-        reference="probe",
-    )  # fmt: skip
-    data = PreloadedDataModule.from_datamodule(make_datamodule(config))
-    data.setup("fit")
-    run = LearnerRun(learner)
-    context = Context(config, data, {"probe": run})
+    context = Context.single(
+        Learner("probe", args.config, tuple(overrides)), args.dataset, args.data_dir, args.seed
+    )
+    data, run = context.data, context.learners["probe"]
     model = run.model(data, args.seed, [args.width] * args.depth)
     module = run.module(model, epochs=args.epochs)
     context.fit(module, context.data_for(run), max_epochs=args.epochs)

@@ -18,10 +18,9 @@ import argparse
 
 import torch
 
-from bioplausible_lightning.data.preloaded import PreloadedDataModule
 from bioplausible_lightning.evaluation.fewshot import extract_features, logistic_regression
-from bioplausible_lightning.evaluation.learners import Learner, LearnerRun
-from bioplausible_lightning.evaluation.report import Context, accuracy, full_config, make_datamodule
+from bioplausible_lightning.evaluation.learners import Learner
+from bioplausible_lightning.evaluation.report import Context, accuracy
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -40,15 +39,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         parser.error(f"--weight-decay {args.weight_decay} is invalid: must be >= 0")
     torch.set_num_threads(args.threads)
     learner = Learner("probe", args.config, tuple(overrides), checkpoint=args.checkpoint)
-    learners = (learner, Learner("unused", args.config))  # a comparison needs two
-    config = full_config(
-        args.dataset, args.data_dir, None, download=False, seed=args.seed, learners=learners,
-        reference="probe",
-    )  # fmt: skip
-    data = PreloadedDataModule.from_datamodule(make_datamodule(config))
-    data.setup("fit")
-    run = LearnerRun(learner)
-    context = Context(config, data, {"probe": run})
+    context = Context.single(learner, args.dataset, args.data_dir, args.seed)
+    data, run = context.data, context.learners["probe"]
     model = run.model(data, args.seed)
     epochs = args.epochs if args.epochs is not None else context.epochs(run)
     module = run.module(model, epochs=epochs)

@@ -256,6 +256,26 @@ class Context:
     models: dict[str, nn.Module] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def single(
+        cls,
+        learner: Learner,
+        dataset: str = "mnist",
+        data_dir: str | None = None,
+        seed: int = 0,
+    ) -> Context:
+        """A context of one learner on the full setting's data (``download=False``), for the
+        example scripts that study one config; the learner is ``ctx.learners[learner.name]``."""
+        # a comparison needs two learners: the second is never built
+        config = full_config(
+            dataset, data_dir, None, download=False, seed=seed,
+            learners=(learner, Learner(f"{learner.name}-unused", learner.config)),
+            reference=learner.name,
+        )  # fmt: skip
+        data = PreloadedDataModule.from_datamodule(make_datamodule(config))
+        data.setup("fit")
+        return cls(config, data, {learner.name: LearnerRun(learner)})
+
     def data_for(self, run: LearnerRun, data: PreloadedDataModule | None = None, **split: Any):
         """``data`` (default: the comparison's) re-split for ``run``'s batch size."""
         return (data or self.data).resplit(batch_size=run.batch_size, **split)
