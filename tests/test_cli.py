@@ -1,4 +1,3 @@
-import subprocess
 import sys
 from pathlib import Path
 
@@ -48,12 +47,20 @@ def test_bad_config_value_names_parameter_and_value(tmp_path):
                  "--model.rule.init_args.sigma=-1", *QUICK])  # fmt: skip
 
 
-def test_console_script_help_runs():
-    out = subprocess.run(
-        [sys.executable, "-m", "bioplausible_lightning.cli", "fit", "--help"],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    assert "--model" in out.stdout and "--test_after_fit" in out.stdout
+def test_console_script_help_runs(monkeypatch, capsys):
+    """The installed ``bioplausible-lightning`` entry point, called as the console script
+    calls it (in-process: a subprocess would spend its time importing torch again; CI runs
+    the script itself in the README's first command)."""
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts")
+                 if e.name == "bioplausible-lightning"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["bioplausible-lightning", "fit", "--help"])
+    with pytest.raises(SystemExit) as done:
+        script.load()()
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "--model" in out and "--test_after_fit" in out
 
 
 def test_hebbian_rule_from_the_cli_on_the_default_config(tmp_path):
