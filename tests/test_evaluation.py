@@ -396,6 +396,20 @@ def test_readout_probe_compares_the_readout_with_an_exact_probe_of_its_input(tmp
         readout_probe.main([*args, "--checkpoint", str(tmp_path / "missing.ckpt")])
 
 
+def test_readout_probe_in_protocol_a_trains_one_run_per_draw_and_probes_its_few_images():
+    readout_probe = _load_example("readout_probe")
+    args = ["--dataset", "digits", "--config", "examples/digits.yaml", "--shots", "1",
+            "--draws", "0,1", "--steps", "20"]  # fmt: skip
+    result = readout_probe.main(args)
+    assert len(result["readouts"]) == len(result["probes"]) == 2  # one run per draw
+    assert result["probe"] == pytest.approx(sum(result["probes"]) / 2)
+    assert result["readouts"][0] != result["readouts"][1]  # each draw is its own run
+    # a probe of 10 labelled images (one per class) beats chance (0.1) on 450 test images
+    assert all(0.2 < p <= 1.0 for p in result["probes"])
+    with pytest.raises(SystemExit):  # a few-shot run trains from scratch: no checkpoint
+        readout_probe.main([*args, "--checkpoint", "x.ckpt"])
+
+
 def test_quick_report_writes_every_file_with_one_column_per_learner(tmp_path):
     out = tmp_path / "quick"
     # the structure of the report is what is tested: smaller budgets than --quick's own
