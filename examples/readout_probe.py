@@ -45,7 +45,6 @@ def probe_accuracy(
     unit_length: bool = False,
 ) -> float:
     """Test accuracy of a logistic-regression probe fitted on the readout's input."""
-    model.eval()
     train_x, train_y = extract_features(model, train_set)
     test_x, test_y = extract_features(model, test_set)
     if unit_length:
@@ -64,7 +63,6 @@ def full_training(context: Context, run: LearnerRun, args: argparse.Namespace) -
         epochs = run.load_checkpoint(module)
     else:
         context.fit(module, context.data_for(run), max_epochs=epochs)
-    model.eval()
     result = {
         "readout": accuracy(model, data.test_dataloader()),
         "probe": probe_accuracy(
@@ -88,10 +86,7 @@ def few_shot(context: Context, run: LearnerRun, args: argparse.Namespace) -> dic
     print("| draw (seed) | readout | probe |\n|---:|---:|---:|")
     readouts, probes = [], []
     for seed in args.draws:
-        split = context.data_for(run, samples_per_class=args.shots, seed=seed, val_fraction=0.0)
-        model = run.model(data, seed)
-        module = run.module(model, steps=args.steps, epoch_steps=context.epoch_steps(run))
-        context.fit(module, split, seed=seed, max_steps=args.steps)
+        model, split = context.fit_few_shot(run, args.shots, seed, args.steps)
         readouts.append(accuracy(model, test_loader))
         split.setup("fit")
         probes.append(probe_accuracy(model, split.train_set, data.test_set, data.num_classes,

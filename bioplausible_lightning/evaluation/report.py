@@ -296,6 +296,18 @@ class Context:
         seed = self.config.seed if seed is None else seed
         fit(module, data, seed=seed, accelerator=self.config.accelerator, **budget)
 
+    def fit_few_shot(
+        self, run: LearnerRun, shots: int, seed: int, steps: int
+    ) -> tuple[nn.Module, PreloadedDataModule]:
+        """One run of protocol (a): ``run``'s model trained from scratch on ``shots`` labelled
+        examples per class (draw ``seed``) for ``steps`` optimizer steps, its step schedules
+        scaled to that budget; returns the trained model and its training split."""
+        split = self.data_for(run, samples_per_class=shots, seed=seed, val_fraction=0.0)
+        model = run.model(self.data, seed)
+        module = run.module(model, steps=steps, epoch_steps=self.epoch_steps(run))
+        self.fit(module, split, seed=seed, max_steps=steps)
+        return model, split
+
 
 def train_section(ctx: Context) -> dict[str, Any]:
     """Train every learner on the full training split; clean accuracy, activity, weights."""
@@ -371,12 +383,7 @@ def fewshot_section(ctx: Context) -> dict[str, Any]:
         for k in cfg.shots:
             accs = []
             for s in cfg.fewshot_seeds:
-                split = ctx.data_for(run, samples_per_class=int(k), seed=int(s), val_fraction=0.0)
-                model = run.model(data, int(s))
-                module = run.module(model, steps=cfg.fewshot_steps,
-                                    epoch_steps=ctx.epoch_steps(run))
-                ctx.fit(module, split, seed=int(s),
-                        max_steps=cfg.fewshot_steps)  # fmt: skip
+                model, _ = ctx.fit_few_shot(run, int(k), int(s), cfg.fewshot_steps)
                 accs.append(accuracy(model, test_loader))
             results[name][str(k)] = mean_ci(accs).to_dict()
     # reference: the nearest labelled example in pixel space, on the very same draws
