@@ -119,6 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sizes.add_argument("--probe-seeds", type=_ints, help="protocol (c) draws, e.g. 0,1,2,3,4")
     sizes.add_argument("--episodic-shots", type=_ints)
     sizes.add_argument("--episodes", type=int)
+    sizes.add_argument("--episodic-metric", choices=("euclidean", "cosine"),
+                       help="protocol (b)'s prototype metric, the same for the raw-pixel "
+                       "reference (default euclidean)")
     sizes.add_argument("--base-epochs", type=int)
     sizes.add_argument("--depths", type=_ints, help="e.g. 1,2,4,8,16")
     sizes.add_argument("--depth-epochs", type=int)

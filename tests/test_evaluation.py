@@ -29,6 +29,7 @@ from bioplausible_lightning.evaluation import (
     representation_report,
     robust_accuracy,
 )
+from bioplausible_lightning.evaluation._common import collect
 from bioplausible_lightning.nn import BioMLP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -414,7 +415,8 @@ def test_quick_report_writes_every_file_with_one_column_per_learner(tmp_path):
     out = tmp_path / "quick"
     # the structure of the report is what is tested: smaller budgets than --quick's own
     budgets = ["--attack-samples", "50", "--square-queries", "20",
-               "--fewshot-steps", "20", "--fewshot-seeds", "0"]  # fmt: skip
+               "--fewshot-steps", "20", "--fewshot-seeds", "0",
+               "--episodic-metric", "cosine"]  # fmt: skip
     report = _load_compare().main(["--quick", "--out", str(out), "--threads", "1", *budgets])
     for name in ("report.json", "summary.md", "robustness.png", "fewshot.png", "depth.png",
                  "weights.png", "sparsity.png"):  # fmt: skip
@@ -447,6 +449,18 @@ def test_quick_report_writes_every_file_with_one_column_per_learner(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| Metric | Protocol | node-dale | backprop-dale | backprop | hebbian |" in summary
     assert "(a) from scratch" in summary and "(b) episodic" in summary and "square" in summary
+    # protocol (b)'s metric reaches every learner and the raw-pixel reference alike
+    episodic = saved["fewshot"]["episodic"]
+    assert episodic["metric"] == "cosine" and "cosine similarity" in episodic["protocol"]
+    assert "| 5-way 1-shot (b), cosine |" in summary
+    data = PreloadedDataModule.from_datamodule(DigitsDataModule(seed=0))
+    data.setup()
+    x, y = collect(data.test_set)
+    held = (x[y >= 5], y[y >= 5])
+    pixels = {m: episodic_few_shot(nn.Flatten(), held, [5, 6, 7, 8, 9], 5, 1, 5, 100, "",
+                                   metric=m).mean for m in ("cosine", "euclidean")}  # fmt: skip
+    assert pixels["cosine"] != pixels["euclidean"]
+    assert episodic["results"]["pixels"]["1"]["mean"] == pytest.approx(pixels["cosine"])
     assert "## Few-shot protocol (c)" in summary and "| K per class | pixels |" in summary
 
 
@@ -457,6 +471,8 @@ def test_comparison_config_rejects_bad_values():
         ComparisonConfig(dataset="svhn")
     with pytest.raises(ValueError, match="episodes=10"):
         ComparisonConfig(episodes=10)
+    with pytest.raises(ValueError, match="episodic_metric='manhattan'.*cosine"):
+        ComparisonConfig(episodic_metric="manhattan")
     with pytest.raises(ValueError, match="sections"):
         ComparisonConfig(sections=["robustness", "vibes"])
     twice = [Learner("a", "examples/digits.yaml"), Learner("a", "examples/digits.yaml")]
@@ -609,16 +625,28 @@ def test_check_goals_reports_met_and_missed_for_the_goal_learner():
                                                                             "5": {"mean": 0.69}}}}},
         "depth": {"depths": [1, 8], "accuracy": {"hebbian": [0.90, 0.84]}, "protocol": "d"},
     }  # fmt: skip
+    # protocol (b): "above raw-pixel prototypes" is strict; a tie is missed
+    report["fewshot"]["episodic"] = {
+        "protocol": "b", "n_way": 5, "metric": "cosine",
+        "results": {"hebbian": {"1": {"mean": 0.55}, "5": {"mean": 0.72}},
+                    "pixels": {"1": {"mean": 0.51}, "5": {"mean": 0.72}}}}  # fmt: skip
     goals = {g["key"]: g for g in check_goals(report)}
     assert goals["clean_gap"]["value"] == pytest.approx(-0.003) and goals["clean_gap"]["met"]
+    assert goals["episodic1_gap"]["value"] == pytest.approx(0.04)
     met = {k: g["met"] for k, g in goals.items()}
     assert met == {"clean_gap": True, "fgsm@0.1": True, "pgd@0.1": False, "square@0.1": True,
                    "transfer@0.1": True, "shot1": True, "shot5": False,
-                   "depth_gap": False}  # fmt: skip
+                   "depth_gap": False, "episodic1_gap": True, "episodic5_gap": False}  # fmt: skip
     report["goals"] = list(goals.values())
     summary = summary_markdown(report)
     assert "## Issue 7's goals (MNIST) for hebbian" in summary
     assert "| depth 8 ≥ depth 1 − 5 pts | -6.0 points, **missed** |" in summary
+    assert "| 5-way 1-shot (b), cosine | b (raw-pixel prototypes, same episodes: 51.0%) | " \
+        "55.0% | – |" in summary
+    assert "| 1-shot above raw-pixel prototypes (protocol b, same metric) | +4.0 points, met |" \
+        in summary
+    del report["fewshot"]["episodic"]["metric"]  # reports made before the option: Euclidean
+    assert "| 5-way 1-shot (b) | b (raw-pixel" in summary_markdown(report)
     report["config"]["goal_learner"] = "hebbian,absent,backprop-dale"  # one column each
     both = check_goals(report)
     assert {g["learner"] for g in both} == {"hebbian", "backprop-dale"}
