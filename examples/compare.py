@@ -116,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sizes.add_argument("--shots", type=_ints, help="protocol (a) K values, e.g. 1,5,10")
     sizes.add_argument("--fewshot-seeds", type=_ints, help="e.g. 0,1,2,3,4")
     sizes.add_argument("--fewshot-steps", type=int)
+    sizes.add_argument("--fewshot-shift", type=int,
+                       help="protocol (a): shift the K-shot images at random by up to N pixels "
+                       "each time they are drawn, every learner alike (default 0)")
     sizes.add_argument("--probe-seeds", type=_ints, help="protocol (c) draws, e.g. 0,1,2,3,4")
     sizes.add_argument("--episodic-shots", type=_ints)
     sizes.add_argument("--episodes", type=int)

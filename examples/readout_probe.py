@@ -81,8 +81,9 @@ def few_shot(context: Context, run: LearnerRun, args: argparse.Namespace) -> dic
     """Protocol (a) runs on every draw: readout and probe per draw, and their means."""
     data = context.data
     test_loader = data.test_dataloader()
+    shift = f", images shifted by up to {args.fewshot_shift} px" if args.fewshot_shift else ""
     print(f"{args.config} {' '.join(run.learner.args)}; protocol (a), {args.shots}-shot, "
-          f"{args.steps} steps per run\n")  # fmt: skip
+          f"{args.steps} steps per run{shift}\n")  # fmt: skip
     print("| draw (seed) | readout | probe |\n|---:|---:|---:|")
     readouts, probes = [], []
     for seed in args.draws:
@@ -123,6 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--draws", type=seed_list, default=list(range(3, 13)),
                         help="protocol (a)'s seeds, one run each (default: 3..12)")
     parser.add_argument("--steps", type=int, default=100, help="protocol (a)'s budget")
+    parser.add_argument("--fewshot-shift", type=int, default=0,
+                        help="protocol (a): shift the K-shot images at random by up to N "
+                        "pixels each time they are drawn (0: off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     # anything else is a LightningCLI-style override of the config
@@ -132,11 +136,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.shots < 0 or args.steps < 1 or not args.draws:
         parser.error(f"--shots {args.shots}, --steps {args.steps}, --draws {args.draws}: "
                      "shots must be >= 0, steps >= 1 and draws non-empty")  # fmt: skip
+    if args.fewshot_shift < 0:
+        parser.error(f"--fewshot-shift {args.fewshot_shift} is invalid: must be >= 0")
     if args.shots and args.checkpoint:
         parser.error("--shots trains from scratch on each draw: --checkpoint does not apply")
     torch.set_num_threads(args.threads)
     learner = Learner("probe", args.config, tuple(overrides), checkpoint=args.checkpoint)
-    context = Context.single(learner, args.dataset, args.data_dir, args.seed)
+    context = Context.single(learner, args.dataset, args.data_dir, args.seed,
+                             fewshot_shift=args.fewshot_shift)  # fmt: skip
     run = context.learners["probe"]
     return few_shot(context, run, args) if args.shots else full_training(context, run, args)
 

@@ -409,6 +409,11 @@ def test_readout_probe_in_protocol_a_trains_one_run_per_draw_and_probes_its_few_
     assert all(0.2 < p <= 1.0 for p in result["probes"])
     with pytest.raises(SystemExit):  # a few-shot run trains from scratch: no checkpoint
         readout_probe.main([*args, "--checkpoint", "x.ckpt"])
+    with pytest.raises(SystemExit):
+        readout_probe.main([*args, "--fewshot-shift", "-1"])
+    shifted = readout_probe.main([*args[:-4], "--draws", "0", "--steps", "20",
+                                  "--fewshot-shift", "1"])  # fmt: skip
+    assert shifted["readouts"][0] != result["readouts"][0]  # the same draw, other views
 
 
 def test_quick_report_writes_every_file_with_one_column_per_learner(tmp_path):
@@ -416,7 +421,7 @@ def test_quick_report_writes_every_file_with_one_column_per_learner(tmp_path):
     # the structure of the report is what is tested: smaller budgets than --quick's own
     budgets = ["--attack-samples", "50", "--square-queries", "20",
                "--fewshot-steps", "20", "--fewshot-seeds", "0",
-               "--episodic-metric", "cosine"]  # fmt: skip
+               "--episodic-metric", "cosine", "--fewshot-shift", "1"]  # fmt: skip
     report = _load_compare().main(["--quick", "--out", str(out), "--threads", "1", *budgets])
     for name in ("report.json", "summary.md", "robustness.png", "fewshot.png", "depth.png",
                  "weights.png", "sparsity.png"):  # fmt: skip
@@ -461,6 +466,10 @@ def test_quick_report_writes_every_file_with_one_column_per_learner(tmp_path):
                                    metric=m).mean for m in ("cosine", "euclidean")}  # fmt: skip
     assert pixels["cosine"] != pixels["euclidean"]
     assert episodic["results"]["pixels"]["1"]["mean"] == pytest.approx(pixels["cosine"])
+    # protocol (a) with shifted images: recorded, and the pixel look-up searches every shift
+    scratch = saved["fewshot"]["from_scratch"]
+    assert scratch["shift"] == 1 and "shifted at random by up to 1 pixels" in scratch["protocol"]
+    assert "nearest labelled example or any shift of one in pixel space" in summary
     assert "## Few-shot protocol (c)" in summary and "| K per class | pixels |" in summary
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .._validation import check_fraction, check_int, check_min_int
+from .augment import random_shift, shift_generator
 from .sampling import (
     DistributedEpochSeededSampler,
     EpochSeededSampler,
@@ -25,6 +27,11 @@ class SplitDataModule(L.LightningDataModule):
 
     Validation is carved from the training pool (stratified, by ``seed``); ``samples_per_class``
     then draws a low-shot training set from what is left, so the test set never changes with K.
+    ``max_shift > 0`` moves every training image by a random offset of up to that many pixels
+    each time a training batch reaches the model (zeros shifted in; validation, test and any
+    loop outside ``Trainer.fit``'s training batches see the images as they are): many views
+    of a few labelled images.  The offsets depend only on ``(seed, epoch, batch, rank)``, so
+    a resumed run is exact.
 
     Attributes:
         input_mean: Per-channel (or scalar) mean of the inputs, for models' input
@@ -42,9 +49,11 @@ class SplitDataModule(L.LightningDataModule):
         samples_per_class: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        max_shift: int = 0,
     ) -> None:
         super().__init__()
         check_min_int("batch_size", batch_size)
+        check_min_int("max_shift", max_shift, 0)
         check_fraction("val_fraction", val_fraction)
         if samples_per_class is not None:
             check_min_int("samples_per_class", samples_per_class)
@@ -55,6 +64,7 @@ class SplitDataModule(L.LightningDataModule):
         self.samples_per_class = samples_per_class
         self.seed = seed
         self.num_workers = num_workers
+        self.max_shift = max_shift
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -106,6 +116,19 @@ class SplitDataModule(L.LightningDataModule):
         loader = self._loader(self.train_set, sampler, ResumableDataLoader)
         loader.progress = lambda: batches_done(self.trainer)
         return loader
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Shift the images of a training batch (``max_shift > 0``) by offsets drawn from
+        :func:`shift_generator` at the batch's place in the run."""
+        trainer = self.trainer
+        if not self.max_shift or trainer is None or not trainer.training:
+            return batch
+        images, *rest = batch
+        generator = shift_generator(
+            self.seed, trainer.current_epoch,
+            trainer.fit_loop.epoch_loop.batch_progress.current.ready, trainer.global_rank,
+        )  # fmt: skip
+        return type(batch)([random_shift(images, self.max_shift, generator), *rest])
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set) if self.val_set is not None else []

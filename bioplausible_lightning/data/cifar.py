@@ -128,6 +128,8 @@ class ImageFolderDataModule(SplitDataModule):
         samples_per_class: Train on exactly this many examples per class (low-shot).
         seed: Seed for the validation split, low-shot draw and shuffling.
         num_workers: DataLoader workers.
+        max_shift: Random shift of every training image, in pixels (0: none; see
+            :class:`SplitDataModule`).
         input_mean: Per-channel mean for models' input normalisation (informative).
         input_std: Per-channel std for models' input normalisation (informative).
     """
@@ -144,10 +146,13 @@ class ImageFolderDataModule(SplitDataModule):
         samples_per_class: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        max_shift: int = 0,
         input_mean: float | tuple[float, ...] = 0.5,
         input_std: float | tuple[float, ...] = 0.25,
     ) -> None:
-        super().__init__(batch_size, val_fraction, samples_per_class, seed, num_workers)
+        super().__init__(
+            batch_size, val_fraction, samples_per_class, seed, num_workers, max_shift=max_shift
+        )
         check_choice("mode", mode, get_args(ImageMode))
         if image_size is not None:
             check_positive_ints("image_size", image_size, length=2, hint="height, width")
@@ -234,6 +239,8 @@ class CIFAR10DataModule(SplitDataModule):
         samples_per_class: Train on exactly this many examples per class (low-shot).
         seed: Seed for the validation split, low-shot draw and shuffling.
         num_workers: DataLoader workers.
+        max_shift: Random shift of every training image, in pixels (0: none; see
+            :class:`SplitDataModule`).
     """
 
     input_shape = (3, 32, 32)
@@ -252,8 +259,11 @@ class CIFAR10DataModule(SplitDataModule):
         samples_per_class: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        max_shift: int = 0,
     ) -> None:
-        super().__init__(batch_size, val_fraction, samples_per_class, seed, num_workers)
+        super().__init__(
+            batch_size, val_fraction, samples_per_class, seed, num_workers, max_shift=max_shift
+        )
         check_choice("layout", layout, get_args(CifarLayout))
         self.data_dir = Path(data_dir)
         self.download = download

@@ -35,6 +35,8 @@ class DigitsDataModule(SplitDataModule):
         seed: Seed for the validation split, low-shot draw and shuffling.
         split_seed: Seed for the test split.
         num_workers: DataLoader workers.
+        max_shift: Random shift of every training image, in pixels (0: none; see
+            :class:`SplitDataModule`).
     """
 
     input_shape = (1, 8, 8)
@@ -49,8 +51,11 @@ class DigitsDataModule(SplitDataModule):
         seed: int = 0,
         split_seed: int = 0,
         num_workers: int = 0,
+        max_shift: int = 0,
     ) -> None:
-        super().__init__(batch_size, val_fraction, samples_per_class, seed, num_workers)
+        super().__init__(
+            batch_size, val_fraction, samples_per_class, seed, num_workers, max_shift=max_shift
+        )
         check_int("split_seed", split_seed)
         check_probability("test_fraction", test_fraction)
         self.test_fraction = test_fraction

@@ -65,6 +65,8 @@ class MNISTDataModule(SplitDataModule):
         samples_per_class: Train on exactly this many examples per class (low-shot).
         seed: Seed for the validation split, low-shot draw and shuffling.
         num_workers: DataLoader workers.
+        max_shift: Random shift of every training image, in pixels (0: none; see
+            :class:`SplitDataModule`).
     """
 
     input_shape = (1, 28, 28)
@@ -81,8 +83,11 @@ class MNISTDataModule(SplitDataModule):
         samples_per_class: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        max_shift: int = 0,
     ) -> None:
-        super().__init__(batch_size, val_fraction, samples_per_class, seed, num_workers)
+        super().__init__(
+            batch_size, val_fraction, samples_per_class, seed, num_workers, max_shift=max_shift
+        )
         self.data_dir = Path(data_dir)
         self.download = download
 

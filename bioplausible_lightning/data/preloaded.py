@@ -72,8 +72,11 @@ class PreloadedDataModule(SplitDataModule):
         num_workers: int = 0,
         input_mean: Any = 0.5,
         input_std: Any = 0.5,
+        max_shift: int = 0,
     ) -> None:
-        super().__init__(batch_size, val_fraction, samples_per_class, seed, num_workers)
+        super().__init__(
+            batch_size, val_fraction, samples_per_class, seed, num_workers, max_shift=max_shift
+        )
         self._pool, self._labels, self._test = pool, pool_labels.long(), test
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes = int(num_classes)
@@ -124,6 +127,7 @@ def _split_settings(datamodule: SplitDataModule) -> dict[str, Any]:
         "num_workers": datamodule.num_workers,
         "input_mean": datamodule.input_mean,
         "input_std": datamodule.input_std,
+        "max_shift": datamodule.max_shift,
     }
 
 

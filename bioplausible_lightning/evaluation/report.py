@@ -33,7 +33,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
-from .._validation import check_choice
+from .._validation import check_choice, check_min_int
+from ..data.augment import shifted_copies
 from ..data.base import SplitDataModule
 from ..data.preloaded import PreloadedDataModule, dataset_labels
 from ..metrics.activity import activity_sparsity
@@ -96,6 +97,9 @@ class ComparisonConfig:
     ``depth_width=None``: the depth sweep repeats each learner's own first hidden width.
     ``shots`` are the K of protocols (a) and (c); ``fewshot_seeds`` the draws of (a) (each a
     training run), ``probe_seeds`` those of (c) (cheap: a logistic regression each).
+    ``fewshot_shift > 0``: protocol (a)'s K-shot training images are shifted at random by up to
+    that many pixels every time they are drawn (``SplitDataModule.max_shift``), for every
+    learner alike; the pixel look-up reference then also searches every shift of them.
     """
 
     dataset: str = "digits"
@@ -119,6 +123,7 @@ class ComparisonConfig:
     shots: Sequence[int] = (1, 5, 10)
     fewshot_seeds: Sequence[int] = (0, 1, 2, 3, 4)
     fewshot_steps: int = 300
+    fewshot_shift: int = 0
     probe_seeds: Sequence[int] = (0, 1, 2, 3, 4)
     episodic_shots: Sequence[int] = (1, 5)
     episodes: int = 200
@@ -149,6 +154,7 @@ class ComparisonConfig:
                      "depth_epochs"):  # fmt: skip
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid: it must be >= 1.")
+        check_min_int("fewshot_shift", self.fewshot_shift, 0)
         for name in ("epochs", "base_epochs", "depth_width"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
@@ -276,14 +282,16 @@ class Context:
         dataset: str = "mnist",
         data_dir: str | None = None,
         seed: int = 0,
+        **settings: Any,
     ) -> Context:
         """A context of one learner on the full setting's data (``download=False``), for the
-        example scripts that study one config; the learner is ``ctx.learners[learner.name]``."""
+        example scripts that study one config; the learner is ``ctx.learners[learner.name]``.
+        ``settings`` are other :class:`ComparisonConfig` fields (e.g. ``fewshot_shift``)."""
         # a comparison needs two learners: the second is never built
         config = full_config(
             dataset, data_dir, None, download=False, seed=seed,
             learners=(learner, Learner(f"{learner.name}-unused", learner.config)),
-            reference=learner.name,
+            reference=learner.name, **settings,
         )  # fmt: skip
         data = PreloadedDataModule.from_datamodule(make_datamodule(config))
         data.setup("fit")
@@ -315,7 +323,8 @@ class Context:
         """One run of protocol (a): ``run``'s model trained from scratch on ``shots`` labelled
         examples per class (draw ``seed``) for ``steps`` optimizer steps, its step schedules
         scaled to that budget; returns the trained model and its training split."""
-        split = self.data_for(run, samples_per_class=shots, seed=seed, val_fraction=0.0)
+        split = self.data_for(run, samples_per_class=shots, seed=seed, val_fraction=0.0,
+                              max_shift=self.config.fewshot_shift)  # fmt: skip
         model = run.model(self.data, seed)
         module = run.module(model, steps=steps, epoch_steps=self.epoch_steps(run))
         self.fit(module, split, seed=seed, max_steps=steps)
@@ -399,7 +408,8 @@ def fewshot_section(ctx: Context) -> dict[str, Any]:
                 model, _ = ctx.fit_few_shot(run, int(k), int(s), cfg.fewshot_steps)
                 accs.append(accuracy(model, test_loader))
             results[name][str(k)] = mean_ci(accs).to_dict()
-    # reference: the nearest labelled example in pixel space, on the very same draws
+    # reference: the nearest labelled example in pixel space, on the very same draws (with
+    # shifted training images: the nearest of every shift of them)
     test = collect(data.test_set)
     pixel_nn = {}
     for k in cfg.shots:
@@ -407,13 +417,18 @@ def fewshot_section(ctx: Context) -> dict[str, Any]:
         for s in cfg.fewshot_seeds:
             split = data.resplit(samples_per_class=int(k), seed=int(s), val_fraction=0.0)
             split.setup("fit")
-            accs.append(nearest_neighbour_accuracy(collect(split.train_set), test))
+            x, y = collect(split.train_set)
+            x, y = shifted_copies(x, cfg.fewshot_shift), y.repeat((2 * cfg.fewshot_shift + 1) ** 2)
+            accs.append(nearest_neighbour_accuracy((x, y), test))
         pixel_nn[str(k)] = mean_ci(accs).to_dict()
+    shift = (f"; training images shifted at random by up to {cfg.fewshot_shift} pixels each "
+             "time they are drawn" if cfg.fewshot_shift else "")  # fmt: skip
     return {"from_scratch": {
         "protocol": f"{PROTOCOL_A}; {cfg.fewshot_steps} optimizer steps per run (batch ≤ each "
-                    f"learner's batch size), seeds {list(cfg.fewshot_seeds)}",
+                    f"learner's batch size), seeds {list(cfg.fewshot_seeds)}{shift}",
         "results": results,
         "pixel_nn": pixel_nn,
+        "shift": cfg.fewshot_shift,
     }}  # fmt: skip
 
 
@@ -764,7 +779,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
         for k in fs["results"][names[0]]:
             cells = [_est(fs["results"].get(m, {}).get(k)) for m in names]
             nn_ref = fs.get("pixel_nn", {}).get(k)
-            ref = f" (nearest labelled example in pixel space, same draws: {_est(nn_ref)})"
+            among = " or any shift of one" if fs.get("shift") else ""
+            ref = f" (nearest labelled example{among} in pixel space, same draws: {_est(nn_ref)})"
             row(f"{k}-shot (a)", fs["protocol"] + (ref if nn_ref else ""), cells)
     if "episodic" in few:
         ep = few["episodic"]
