@@ -100,6 +100,8 @@ class ComparisonConfig:
     ``fewshot_shift > 0``: protocol (a)'s K-shot training images are shifted at random by up to
     that many pixels every time they are drawn (``SplitDataModule.max_shift``), for every
     learner alike; the pixel look-up reference then also searches every shift of them.
+    ``episodic_metric``: protocol (b)'s nearest-prototype metric, for the learners and the
+    raw-pixel reference alike.
     """
 
     dataset: str = "digits"
