@@ -9,6 +9,7 @@ import torch
 from _helpers import quiet_trainer, trap_autograd
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from bioplausible_lightning import (
     BioMLP,
@@ -261,10 +262,64 @@ def test_model_without_hidden_layer_is_refused():
 
 
 def test_layer_type_the_rule_cannot_train_is_refused():
-    with pytest.raises(ValueError, match="no trainable layer"):
+    with pytest.raises(ValueError, match=r"'0' \(Bilinear\); allowed are Linear, Conv2d"):
         CompetitiveHebbian().targets(nn.Sequential(nn.Bilinear(3, 3, 2)))
+    with pytest.raises(ValueError, match="no trainable layer"):  # chosen layers: none fits
+        CompetitiveHebbian(layers=["0"]).targets(nn.Sequential(nn.Bilinear(3, 3, 2)))
     with pytest.raises(ValueError, match="k=4 is invalid"):
         CompetitiveHebbian(competition="hard", k=4).targets(nn.Linear(3, 4))
+
+
+@pytest.mark.parametrize("layer", [nn.Conv1d(1, 4, 3), nn.ConvTranspose1d(1, 4, 3)])
+def test_a_weight_layer_of_an_untrainable_type_is_refused_not_left_at_init(layer):
+    model = nn.Sequential(nn.Unflatten(1, (1, 64)), layer, nn.ReLU(), nn.Flatten(),
+                          nn.LazyLinear(32), nn.ReLU(), nn.Linear(32, 10))  # fmt: skip
+    model(torch.zeros(1, 64))  # materialise the lazy layer
+    kind = type(layer).__name__
+    with pytest.raises(ValueError, match=rf"'1' \({kind}\); allowed are Linear, Conv2d"):
+        PerturbationModule(model, rule=HebbianPerturbation())
+    with pytest.raises(ValueError, match=kind):
+        CompetitiveHebbian().targets(model)
+    layer.requires_grad_(False)  # frozen on purpose: nothing is left untrained
+    rule = HebbianPerturbation()
+    assert rule.parts(model)[0].layers == ["4"] and rule.parts(model)[1].layers == ["6"]
+
+
+def test_grouped_conv_is_refused_with_the_value_and_what_is_allowed():
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Flatten(), nn.LazyLinear(10))
+    with pytest.raises(ValueError, match="groups=2, which is unsupported: allowed is groups=1"):
+        CompetitiveHebbian().targets(model)
+
+
+def test_a_skipped_step_leaves_the_hebbian_thresholds_and_step_count_as_they_were():
+    class NanAtCall:  # the readout's loss is NaN once: the whole step is skipped
+        def __init__(self, at_call):
+            self.at_call, self.calls = at_call, 0
+
+        def __call__(self, logits, targets):
+            self.calls += 1
+            losses = cross_entropy(logits, targets)
+            return losses * math.nan if self.calls == self.at_call else losses
+
+    def fit(loss, skip_batch=None):
+        L.seed_everything(0)
+        model = BioMLP(hidden_sizes=(16,), dale=False, input_mean=0.0, input_std=1.0, seed=0)
+        rule = HebbianPerturbation(CompetitiveHebbian(homeostasis=0.05),
+                                   NodePerturbation(num_directions=2, seed=0))  # fmt: skip
+        module = PerturbationModule(model, rule=rule, loss=loss)
+        x, y = load_digits_tensors()
+        keep = [i for i in range(160) if skip_batch is None or i // 32 != skip_batch]
+        batches = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=32)
+        quiet_trainer(max_epochs=1, limit_val_batches=0).fit(module, batches)
+        return module
+
+    calls_per_step = 2  # the Hebbian pass and the readout's perturbed pass
+    skipped = fit(NanAtCall(at_call=2 * calls_per_step), skip_batch=None)
+    assert skipped.trainer.global_step == 4 == skipped.rule.hebbian.steps
+    without = fit(cross_entropy, skip_batch=1)  # the same run without that batch
+    a, b = skipped.rule.hebbian.state_dict(), without.rule.hebbian.state_dict()
+    assert a["thresholds"].keys() == b["thresholds"].keys()
+    assert all(torch.equal(a["thresholds"][k], b["thresholds"][k]) for k in a["thresholds"])
 
 
 def test_composite_rule_refuses_a_layer_claimed_twice():

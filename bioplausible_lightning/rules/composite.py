@@ -21,7 +21,11 @@ from ..losses import PerSampleLoss
 from .backprop import Backprop
 from .base import PerturbationRule
 from .hebbian import CompetitiveHebbian
-from .layers import find_target_layers, warn_unowned_parameters
+from .layers import (
+    find_target_layers,
+    refuse_untrainable_weight_layers,
+    warn_unowned_parameters,
+)
 from .node import NodePerturbation
 from .rule import LearningRule, OwnOptimizer, PerModel, RuleOutput
 
@@ -205,6 +209,7 @@ class HebbianPerturbation(CompositeRule):
 
     def parts(self, model: nn.Module) -> list[LearningRule]:
         if self._parts_for.get(model) is None:
+            refuse_untrainable_weight_layers(model, type(self).__name__)
             layers = find_target_layers(model, None, type(self).__name__, warn_unowned=False)
             names = [name for name, _ in layers]
             if self.readout_layers is None:

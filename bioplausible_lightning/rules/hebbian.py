@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -69,6 +69,7 @@ from .layers import (
     conv_input_and_padding,
     find_target_layers,
     is_conv,
+    refuse_untrainable_weight_layers,
     weight_param,
 )
 from .rule import LearningRule, OwnOptimizer, PerModel, RuleOutput
@@ -216,6 +217,7 @@ class CompetitiveHebbian(LearningRule):
         self.lr_decay_steps = lr_decay_steps
         self._steps = 0
         self._thresholds: dict[str, Tensor] = {}
+        self._before_last: tuple[int, dict[str, Tensor]] | None = None  # for discard()
         self._targets: PerModel[list[tuple[str, nn.Module]]] = PerModel()
 
     @property
@@ -227,6 +229,8 @@ class CompetitiveHebbian(LearningRule):
     def targets(self, model: nn.Module, warn_unowned: bool = True) -> list[tuple[str, nn.Module]]:
         targets = self._targets.get(model)
         if targets is None:
+            if self.layers is None:  # every layer is meant: refuse one it cannot train
+                refuse_untrainable_weight_layers(model, type(self).__name__)
             targets = find_target_layers(model, self.layers, type(self).__name__, warn_unowned)
             for setting in ("lr", "temperature"):
                 _check_one_per_layer(setting, getattr(self, setting), targets)
@@ -349,6 +353,7 @@ class CompetitiveHebbian(LearningRule):
         grad_scale: float = 1.0,
     ) -> RuleOutput:
         active = self.active_layers(model)
+        self._before_last = None
         if inputs.shape[0] == 0:  # nothing to learn from: skip the step like a non-finite one
             nan = torch.full((), math.nan, device=inputs.device)
             return RuleOutput(nan, torch.empty(0, device=inputs.device), finite=False)
@@ -377,6 +382,7 @@ class CompetitiveHebbian(LearningRule):
                 "`layers=`."
             )
         if finite:
+            self._before_last = (self._steps, dict(self._thresholds))
             for name, module in active:
                 x, out = records[name]
                 on_synapses = _updates_synapses(module)
@@ -399,6 +405,17 @@ class CompetitiveHebbian(LearningRule):
                     accumulate_weight_grad(module, grad * grad_scale)
             self._steps += 1
         return RuleOutput(loss, logits, finite)
+
+    def finish(self, backward: Callable[..., Any] | None = None) -> None:
+        """The step is taken: keep the thresholds and step count the estimate advanced."""
+        self._before_last = None
+
+    def discard(self) -> None:
+        """The step is skipped (e.g. the readout's loss was not finite): undo the last
+        estimate's thresholds and step count, as its weight update is dropped too."""
+        if self._before_last is not None:
+            self._steps, self._thresholds = self._before_last
+            self._before_last = None
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

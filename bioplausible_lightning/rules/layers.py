@@ -33,6 +33,13 @@ from torch.nn.utils import parametrize
 from ..nn.dale import DaleExp
 
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+#: Weight layers of other types (``Conv1d``, ``ConvTranspose2d``, ``Bilinear``, ...): a rule
+#: that assigns the layers itself refuses a model that holds a trainable one, instead of
+#: training the rest and leaving it at its initial weights.
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.modules.conv._ConvNd, nn.Bilinear, nn.Embedding, nn.EmbeddingBag,
+    nn.RNNBase, nn.MultiheadAttention,
+)  # fmt: skip
 #: The method a weight parametrisation must have for a rule to train through it.
 CHAIN_RULE_METHOD = "weight_grad_to_original"
 
@@ -236,7 +243,11 @@ def find_target_layers(
         if not weight_param(module).requires_grad:
             continue
         if getattr(module, "groups", 1) != 1:
-            raise ValueError(f"{rule_name}: layer {name!r} uses groups != 1, which is unsupported.")
+            raise ValueError(
+                f"{rule_name}: layer {name!r} has groups={module.groups}, which is "
+                "unsupported: allowed is groups=1 (or freeze the layer, or leave it out with "
+                "`layers=`)."
+            )
         check_trainable_weight(module, name, rule_name)
         targets.append((name, module))
     if not targets:
@@ -249,6 +260,29 @@ def find_target_layers(
     if warn_unowned:
         warn_unowned_parameters(model, targets, rule_name)
     return targets
+
+
+def refuse_untrainable_weight_layers(model: nn.Module, rule_name: str) -> None:
+    """Raise if ``model`` holds a trainable weight layer of a type no rule can train.
+
+    For rules that choose the layers themselves (the Hebbian ones): a ``Conv1d`` or
+    ``ConvTranspose2d`` between trained layers would otherwise keep its random weights
+    for the whole run, with only a warning.
+    """
+    found = [
+        f"{name!r} ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if isinstance(module, WEIGHT_LAYERS)
+        and not isinstance(module, SUPPORTED_LAYERS)
+        and any(p.requires_grad for p in module.parameters())
+    ]
+    if found:
+        allowed = ", ".join(t.__name__ for t in SUPPORTED_LAYERS)
+        raise ValueError(
+            f"{rule_name}: the model has trainable layers of a type the rule cannot train: "
+            f"{', '.join(found)}; allowed are {allowed}. Freeze them "
+            "(requires_grad_(False)) or replace them."
+        )
 
 
 def owned_parameters(targets: Sequence[tuple[str, nn.Module]]) -> set[int]:
