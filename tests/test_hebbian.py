@@ -285,6 +285,13 @@ def test_a_weight_layer_of_an_untrainable_type_is_refused_not_left_at_init(layer
     assert rule.parts(model)[0].layers == ["4"] and rule.parts(model)[1].layers == ["6"]
 
 
+def test_readout_layers_that_match_nothing_are_named_in_the_error():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match=r"readout_layers=\['head'\]"):
+        HebbianPerturbation(readout_layers=["head"]).parts(model)
+    assert HebbianPerturbation(readout_layers=["2"]).parts(model)[0].layers == ["0"]
+
+
 def test_grouped_conv_is_refused_with_the_value_and_what_is_allowed():
     model = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Flatten(), nn.LazyLinear(10))
     with pytest.raises(ValueError, match="groups=2, which is unsupported: allowed is groups=1"):

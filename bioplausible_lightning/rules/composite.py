@@ -216,7 +216,8 @@ class HebbianPerturbation(CompositeRule):
                 readout = names[-1:]
             else:
                 readout = [n for n, _ in find_target_layers(
-                    model, self.readout_layers, type(self).__name__, warn_unowned=False)]
+                    model, self.readout_layers, type(self).__name__, warn_unowned=False,
+                    setting="readout_layers")]
             hidden = [n for n in names if n not in readout]
             if not hidden:
                 raise ValueError(

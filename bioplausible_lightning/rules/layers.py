@@ -223,8 +223,10 @@ def find_target_layers(
     layers: Sequence[str] | None,
     rule_name: str,
     warn_unowned: bool = True,
+    setting: str = "layers",
 ) -> list[tuple[str, nn.Module]]:
-    """Supported layers with trainable weights, optionally filtered by name patterns.
+    """Supported layers with trainable weights, optionally filtered by name patterns
+    (``setting``: the patterns' parameter name, for the error).
 
     Raises a ``ValueError`` when nothing is trainable; warns (once, here; unless
     ``warn_unowned=False``, as a composite rule asks of its parts) about trainable
@@ -254,7 +256,7 @@ def find_target_layers(
         searched = ", ".join(t.__name__ for t in SUPPORTED_LAYERS)
         raise ValueError(
             f"{rule_name}: no trainable layer to perturb (searched for {searched}"
-            + (f" with names matching layers={list(layers)!r}" if layers is not None else "")
+            + (f" with names matching {setting}={list(layers)!r}" if layers is not None else "")
             + ")."
         )
     if warn_unowned:
