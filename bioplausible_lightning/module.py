@@ -289,10 +289,11 @@ class ClassifierModule(L.LightningModule):
 
     def discard_gradients(self) -> None:
         """The step is skipped everywhere (the ``.grad`` buffers are zeroed by the caller).
-        Under DDP, processes that did measure their batch have advanced the rule's state
-        (its generator, the Hebbian thresholds) while others did not: rank 0's state is
-        broadcast to all, so they stay identical (a rare path; nothing is sent for a rule
-        without state)."""
+        The rule's ``discard()`` undoes what it can (the Hebbian thresholds and step
+        count).  Under DDP, processes that did measure their batch may still have advanced
+        state that is not undone (a perturbation rule's generator) while others did not:
+        rank 0's state is broadcast to all, so they stay identical (a rare path; nothing is
+        sent for a rule without state)."""
         self._pending_rpe = None
         self.rule.discard()
         if self.world_size > 1:
