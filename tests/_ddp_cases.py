@@ -190,6 +190,27 @@ class SaveFingerprint(L.Callback):
                        self.path)  # fmt: skip
 
 
+class ShutDownProcessGroup(L.Callback):
+    """After fit, on every process: a barrier, then ``destroy_process_group``.
+
+    Lightning leaves the process group to an ``atexit`` handler; a process that reaches
+    interpreter shutdown with Gloo's worker threads still holding work can abort with
+    ``terminate called without an active exception`` (seen once under ``ddp_spawn`` on the CI
+    machine). Torch's documented shutdown is an explicit destroy on every process once no more
+    collectives follow; ``teardown`` is the last hook of ``fit``, and ``ddp_spawn``'s hand-back
+    of rank 0's weights after it uses no collective.
+    """
+
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        shut_down_process_group()
+
+
+def shut_down_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # no rank tears down while another still communicates
+        torch.distributed.destroy_process_group()
+
+
 def run_resume(devices: int, root: Path) -> dict[str, Any]:
     """Straight 2 epochs vs. a run stopped mid-epoch (a checkpoint at step 4) and resumed."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -222,7 +243,7 @@ def main(out: Path) -> None:
     results["resume"] = run_resume(2, out)
     if torch.distributed.get_rank() == 0:
         torch.save(results, out / "results.pt")
-    torch.distributed.barrier()  # rank 1 ends with rank 0, not after the caller moved on
+    shut_down_process_group()  # rank 1 ends with rank 0, and neither leaves it to atexit
 
 
 if __name__ == "__main__":

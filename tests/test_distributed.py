@@ -353,7 +353,7 @@ def test_ddp_spawn_trains_a_dale_model_to_bit_identical_parameters(tmp_path):
     # ddp_spawn pickles the module (a Dale BioMLP), the rule and the data module into 2
     # fresh processes (gloo); every rank ends with the same parameters, and the caller's
     # module holds rank 0's
-    from _ddp_cases import SaveFingerprint, trainer
+    from _ddp_cases import SaveFingerprint, ShutDownProcessGroup, trainer
 
     environ = dict(os.environ)
     try:
@@ -363,7 +363,8 @@ def test_ddp_spawn_trains_a_dale_model_to_bit_identical_parameters(tmp_path):
                                     NodePerturbation(num_directions=2, seed=1))  # fmt: skip
         before = {k: v.clone() for k, v in module.model.state_dict().items()}
         fit = trainer(2, tmp_path, strategy="ddp_spawn", max_steps=4,
-                      callbacks=[SaveFingerprint(tmp_path / "spawn.pt")])  # fmt: skip
+                      callbacks=[SaveFingerprint(tmp_path / "spawn.pt"),
+                                 ShutDownProcessGroup()])  # fmt: skip
         fit.fit(module, DigitsDataModule(batch_size=32, seed=0))
     finally:
         os.environ.clear()
