@@ -39,6 +39,8 @@ from bioplausible_lightning.distributed import Reducer, all_reduce_mean_
 from bioplausible_lightning.losses import cross_entropy
 
 JOB = Path(__file__).with_name("_ddp_cases.py")
+#: What an outer launcher may have set; Lightning must pick its own rendezvous.
+LAUNCHER_VARIABLES = ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def ddp(tmp_path_factory):
     root = Path(bioplausible_lightning.__file__).resolve().parents[1]  # this checkout
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(root), str(JOB.parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    for name in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+    for name in LAUNCHER_VARIABLES:
         env.pop(name, None)
     job = subprocess.run([sys.executable, str(JOB), str(out)], env=env, capture_output=True,
                          text=True, timeout=400)  # fmt: skip
@@ -354,9 +356,9 @@ def test_ddp_spawn_trains_a_dale_model_to_bit_identical_parameters(tmp_path):
     # ddp_spawn pickles the module (a Dale BioMLP), the rule and the data module into 2
     # fresh processes (gloo); every rank ends with the same parameters, and the caller's
     # module holds rank 0's
-    environ = dict(os.environ)
+    environ = dict(os.environ)  # all of it: Lightning sets more than the launcher variables
     try:
-        for name in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+        for name in LAUNCHER_VARIABLES:
             os.environ.pop(name, None)
         try:
             module, before = _fit_with_ddp_spawn(tmp_path)
