@@ -62,7 +62,7 @@ def rule_config(rule: Any) -> dict[str, Any]:
         return repr(value)
 
     settings = {k: plain(v) for k, v in sorted(vars(rule).items()) if not k.startswith("_")}
-    return {"class": f"{type(rule).__module__}.{type(rule).__qualname__}", "settings": settings}
+    return {"class": _qualified_name(rule), "settings": settings}
 
 
 def eager_model(model: nn.Module) -> nn.Module:
@@ -186,6 +186,7 @@ class ClassifierModule(L.LightningModule):
         check_min_int("max_consecutive_skips", max_consecutive_skips)
         check_bool("inplace_update", inplace_update)
         self.automatic_optimization = False
+        self._default_model = model is None
         if model is None:
             from .nn import BioMLP
 
@@ -510,11 +511,13 @@ class ClassifierModule(L.LightningModule):
         checkpoint["rule_optimizers"] = [opt.state_dict() for opt in self._rule_optimizers]
         checkpoint["perturbation_rule"] = self.rule.state_dict()  # the key's historical name
         checkpoint["perturbation_rule_config"] = rule_config(self.rule)
+        checkpoint["model_class"] = _qualified_name(eager_model(self.model))
         if self.step_size_adapter is not None:
             checkpoint["step_size_adapter"] = self._adapter.state_dict()
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_checkpoint_model(checkpoint)
         skipped = checkpoint.get("skipped_steps", {})
         self.skipped_steps = skipped.get("total", 0)
         self.consecutive_skips = skipped.get("consecutive", 0)
@@ -537,6 +540,27 @@ class ClassifierModule(L.LightningModule):
             )
             return
         self.rule.load_state_dict(checkpoint["perturbation_rule"])
+
+    def _check_checkpoint_model(self, checkpoint: dict[str, Any]) -> None:
+        """The model is not a hyper-parameter, so a checkpoint loaded without it gets the
+        default one: say so, by class, instead of torch's list of missing keys."""
+        saved = checkpoint.get("model_class")
+        current = _qualified_name(eager_model(self.model))
+        if saved is None or saved == current:
+            return
+        default = " (the default: no model was given)" if self._default_model else ""
+        message = (
+            f"The checkpoint was trained with a {saved} model, but this module's model is a "
+            f"{current}{default}. Pass the checkpoint's model: "
+            f"{type(self).__name__}.load_from_checkpoint(path, model=..., rule=...), or from "
+            "the command line `bioplausible-lightning test --config CONFIG --ckpt_path PATH`."
+        )
+        own_keys = {f"model.{k}" for k in self.model.state_dict()}
+        saved_keys = {k for k in checkpoint.get("state_dict", {}) if k.startswith("model.")}
+        if own_keys != saved_keys:
+            raise ValueError(message)
+        rank_zero_warn(message + " Its weights fit this model's and are loaded.",
+                       category=UserWarning)  # fmt: skip
 
     # -- evaluation ----------------------------------------------------------------------
     def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -570,6 +594,10 @@ class ClassifierModule(L.LightningModule):
                  batch_size=batch)  # fmt: skip
         self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=batch)  # fmt: skip
+
+
+def _qualified_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def _describe(config: dict[str, Any]) -> str:

@@ -310,6 +310,46 @@ def test_resuming_with_a_different_rule_warns_and_keeps_the_given_rule(tmp_path)
         quiet_trainer(max_epochs=1, limit_val_batches=0).fit(module, _tiny_loader(), ckpt_path=ckpt)
 
 
+class _RenamedMLP(BioMLP):
+    """Another class with BioMLP's parameters."""
+
+
+def test_loading_a_checkpoint_without_its_model_names_both_classes(tmp_path):
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0, enable_checkpointing=True,
+                       callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])  # fmt: skip
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    trainer.fit(PerturbationModule(model, NodePerturbation(seed=0)), _tiny_loader())
+    ckpt = str(tmp_path / "last.ckpt")
+    recorded = torch.load(ckpt, weights_only=False)["model_class"]
+    assert recorded == "torch.nn.modules.container.Sequential"
+    # no model given: the default BioMLP cannot take these weights
+    with pytest.raises(ValueError, match=r"trained with a torch\.nn.*Sequential model.*"
+                       r"BioMLP \(the default: no model was given\).*model=\.\.\."):
+        PerturbationModule.load_from_checkpoint(ckpt, rule=NodePerturbation(seed=0))
+    # the checkpoint's model loads without a word
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*trained with")
+        restored = PerturbationModule.load_from_checkpoint(
+            ckpt, model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)),
+            rule=NodePerturbation(seed=0),
+        )
+    assert torch.equal(restored.model[1].weight, model[1].weight)
+
+
+def test_a_checkpoint_of_another_model_class_with_the_same_weights_loads_with_a_warning(tmp_path):
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0, enable_checkpointing=True,
+                       callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])  # fmt: skip
+    module = _module()
+    trainer.fit(module, _tiny_loader())
+    with pytest.warns(UserWarning, match=r"BioMLP model, but this module's model is a .*"
+                      r"_RenamedMLP\. .*weights fit this model's and are loaded"):
+        restored = PerturbationModule.load_from_checkpoint(
+            str(tmp_path / "last.ckpt"), model=_RenamedMLP(hidden_sizes=(64,), seed=1),
+            rule=NodePerturbation(num_directions=2, seed=0),
+        )
+    assert all(torch.equal(v, _params(module)[k]) for k, v in _params(restored).items())
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [
