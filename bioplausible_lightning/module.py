@@ -558,7 +558,10 @@ class ClassifierModule(L.LightningModule):
         own_keys = {f"model.{k}" for k in self.model.state_dict()}
         saved_keys = {k for k in checkpoint.get("state_dict", {}) if k.startswith("model.")}
         if own_keys != saved_keys:
-            raise ValueError(message)
+            raise ValueError(
+                message + " (To load part of the weights on purpose, load the checkpoint's "
+                "'state_dict' into your model yourself.)"
+            )
         rank_zero_warn(message + " Its weights fit this model's and are loaded.",
                        category=UserWarning)  # fmt: skip
 
