@@ -2,6 +2,7 @@
 
 import functools
 import math
+import warnings
 
 import lightning as L
 import pytest
@@ -268,6 +269,26 @@ def test_layer_type_the_rule_cannot_train_is_refused():
         CompetitiveHebbian(layers=["0"]).targets(nn.Sequential(nn.Bilinear(3, 3, 2)))
     with pytest.raises(ValueError, match="k=4 is invalid"):
         CompetitiveHebbian(competition="hard", k=4).targets(nn.Linear(3, 4))
+
+
+def test_hidden_biases_the_rule_never_learns_are_named_at_construction():
+    def model(bias):
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16, bias=bias), nn.ReLU(),
+                             nn.Linear(16, 10))  # fmt: skip
+
+    with pytest.warns(UserWarning, match=r"stay at their initial values: \['1\.bias'\]"):
+        module = PerturbationModule(model(True), rule=HebbianPerturbation())
+    before = module.model[1].bias.detach().clone()
+    images, labels = load_digits_tensors()
+    loader = DataLoader(TensorDataset(images[:64], labels[:64]), batch_size=16)
+    quiet_trainer(max_epochs=1, limit_val_batches=0).fit(module, loader)
+    assert torch.equal(module.model[1].bias, before)  # what the warning says
+    frozen_bias = model(True)
+    frozen_bias[1].bias.requires_grad_(False)
+    for quiet in (model(False), frozen_bias):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*initial values")
+            PerturbationModule(quiet, rule=HebbianPerturbation())
 
 
 @pytest.mark.parametrize("layer", [nn.Conv1d(1, 4, 3), nn.ConvTranspose1d(1, 4, 3)])

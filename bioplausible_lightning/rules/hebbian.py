@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
@@ -138,6 +139,26 @@ def _check_one_per_layer(
         raise ValueError(
             f"{name}={list(value)!r} is invalid for the {len(targets)} trained layers "
             f"{layers}: give one value per layer (forward order) or a single number."
+        )
+
+
+def _warn_frozen_biases(
+    model: nn.Module, targets: list[tuple[str, nn.Module]], rule_name: str
+) -> None:
+    """The rule never updates a layer's bias (its thresholds compete instead), so say which
+    trainable biases will stay at their initial values, as for any parameter not trained."""
+    frozen = [
+        f"{name}.bias" if name else "bias"
+        for name, module in targets
+        if getattr(module, "bias", None) is not None and module.bias.requires_grad
+    ]
+    if frozen:
+        warnings.warn(
+            f"{rule_name}: it does not learn the biases of its layers (its homeostatic "
+            f"thresholds take their place in the competition), so these trainable biases "
+            f"stay at their initial values: {frozen}. Build the layers with bias=False, or "
+            "set requires_grad=False, to silence this.",
+            stacklevel=4,
         )
 
 
@@ -241,6 +262,7 @@ class CompetitiveHebbian(LearningRule):
                         f"k={self.k} is invalid for layer {name!r} with {units} units: "
                         f"competition={self.competition!r} needs k < the number of units."
                     )
+            _warn_frozen_biases(model, targets, type(self).__name__)
             self._targets.set(model, targets)
         return targets
 
