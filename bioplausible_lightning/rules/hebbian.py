@@ -142,9 +142,7 @@ def _check_one_per_layer(
         )
 
 
-def _warn_frozen_biases(
-    model: nn.Module, targets: list[tuple[str, nn.Module]], rule_name: str
-) -> None:
+def _warn_frozen_biases(targets: list[tuple[str, nn.Module]], rule_name: str) -> None:
     """The rule never updates a layer's bias (its thresholds compete instead), so say which
     trainable biases will stay at their initial values, as for any parameter not trained."""
     frozen = [
@@ -262,7 +260,7 @@ class CompetitiveHebbian(LearningRule):
                         f"k={self.k} is invalid for layer {name!r} with {units} units: "
                         f"competition={self.competition!r} needs k < the number of units."
                     )
-            _warn_frozen_biases(model, targets, type(self).__name__)
+            _warn_frozen_biases(targets, type(self).__name__)
             self._targets.set(model, targets)
         return targets
 
