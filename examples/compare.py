@@ -16,6 +16,9 @@ runs): ``examples/<dataset>{,_backprop,_hebbian}.yaml``.  Change a learner's set
 YAML file; replace the list with ``--learner NAME=CONFIG.yaml [--learner ...]`` (CLI-style
 overrides after the path, separated by spaces:
 ``--learner "bp=examples/mnist.yaml --model bioplausible_lightning.BackpropModule"``).
+Of the ``trainer:`` and ``data:`` sections the report reads only ``trainer.max_epochs`` and
+the batch size (it builds its own Trainer and splits); an override of anything else that
+would change learning is refused.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -558,6 +559,56 @@ def test_a_label_free_stage_keeps_its_share_of_any_budget(digits_data):
     assert node.module(node.model(digits_data, 0), steps=10).rule.sigma == 0.05
 
 
+def test_learner_overrides_are_typed_and_used(digits_data):
+    """``--trainer.max_epochs`` and ``--data.batch_size`` overrides reach the comparison as
+    numbers (a string max_epochs crashed the budget scaling; a batch size under
+    ``--data.init_args`` was filed under the wrong key and silently ignored)."""
+    from bioplausible_lightning.evaluation import Learner
+    from bioplausible_lightning.evaluation.learners import LearnerRun
+
+    dot = "examples/mnist_hebbian_dot.yaml"  # 25 epochs, batch 32, 2100 label-free steps
+    run = LearnerRun(Learner("dot", dot, ("--trainer.max_epochs", "10", "--data.batch_size=16")))
+    assert (run.max_epochs, run.batch_size) == (10, 16)
+    assert run.module(run.model(digits_data, 0), epochs=5).rule.readout_start == 1050
+    nested = LearnerRun(Learner("dot", dot, ("--data.init_args.batch_size", "8")))
+    assert (nested.max_epochs, nested.batch_size) == (25, 8)
+    with pytest.raises(ValueError, match=r"trainer.max_epochs=0 is invalid.*>= 1"):
+        LearnerRun(Learner("dot", dot, ("--trainer.max_epochs", "0")))
+
+
+@pytest.mark.parametrize(
+    ("args", "setting"),
+    [(("--trainer.gradient_clip_val", "0.5"), "trainer.gradient_clip_val=0.5"),
+     (("--trainer.accumulate_grad_batches=4",), "trainer.accumulate_grad_batches=4"),
+     (("--data.init_args.max_shift", "2"), "data.max_shift=2"),
+     (("--data.samples_per_class", "5"), "data.samples_per_class=5")],
+)  # fmt: skip
+def test_a_learner_override_the_comparison_would_ignore_is_an_error(args, setting):
+    from bioplausible_lightning.evaluation import Learner
+    from bioplausible_lightning.evaluation.learners import LearnerRun
+
+    with pytest.raises(ValueError, match=rf"learner 'np': the override\(s\) {setting} are "
+                                          "invalid in a comparison"):  # fmt: skip
+        LearnerRun(Learner("np", "examples/digits.yaml", args))
+
+
+def test_a_config_setting_the_comparison_ignores_is_announced(tmp_path):
+    import yaml
+
+    from bioplausible_lightning.evaluation import Learner
+    from bioplausible_lightning.evaluation.learners import LearnerRun
+
+    cfg = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
+    cfg["trainer"]["gradient_clip_val"] = 0.5
+    path = tmp_path / "clipped.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.warns(UserWarning, match=r"ignores trainer.gradient_clip_val=0.5 from"):
+        LearnerRun(Learner("np", str(path)))
+    with warnings.catch_warnings():  # settings that do not change learning: no warning
+        warnings.simplefilter("error", UserWarning)
+        LearnerRun(Learner("np", "examples/digits.yaml", ("--trainer.log_every_n_steps", "5")))
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
 def test_every_example_config_builds_its_module(config, digits_data):
     """Each shipped config parses against the current API and builds its LightningModule
@@ -566,7 +617,9 @@ def test_every_example_config_builds_its_module(config, digits_data):
     from bioplausible_lightning.evaluation.learners import LearnerRun
 
     assert len(list((ROOT / "examples").glob("*.yaml"))) >= 10  # the glob found the configs
-    run = LearnerRun(Learner("x", f"examples/{config}"))
+    with warnings.catch_warnings():  # and the comparison uses every setting it has
+        warnings.simplefilter("error", UserWarning)
+        run = LearnerRun(Learner("x", f"examples/{config}"))
     module = run.module(run.model(digits_data, 0), epochs=2)
     assert isinstance(module, L.LightningModule)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import inspect
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 import lightning as L
 from torch import nn
 
+from .._validation import check_min_int
 from ..data.base import SplitDataModule
 
 #: The repository root: learner configs given as relative paths are looked up here when they
@@ -107,9 +110,12 @@ PEER_LEARNERS: dict[str, tuple[Learner, ...]] = {
 
 @functools.lru_cache(maxsize=1)
 def config_parser() -> Any:
-    """A jsonargparse parser for the CLI's config files: ``model`` is any
-    :class:`~bioplausible_lightning.module.ClassifierModule` (as in ``bioplausible-lightning``);
-    ``trainer`` and ``data`` are read as plain mappings (the report builds its own)."""
+    """A jsonargparse parser for the CLI's config files, with the sections typed as
+    ``bioplausible-lightning`` types them: ``model`` is any
+    :class:`~bioplausible_lightning.module.ClassifierModule`, ``trainer`` the
+    :class:`~lightning.pytorch.Trainer`'s arguments and ``data`` any LightningDataModule.
+    Typed, an override such as ``--trainer.max_epochs 10`` or ``--data.batch_size 16`` is
+    parsed and checked as on the CLI, not kept as a string or filed under the wrong key."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     from ..module import ClassifierModule
@@ -118,10 +124,61 @@ def config_parser() -> Any:
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_argument("--seed_everything", type=int | bool, default=True)
     parser.add_argument("--test_after_fit", type=bool, default=True)
-    parser.add_argument("--trainer", type=dict, default={})
-    parser.add_argument("--data", type=dict, default={})
+    parser.add_class_arguments(L.Trainer, "trainer", fail_untyped=False, instantiate=False,
+                               sub_configs=True)  # fmt: skip
+    parser.add_subclass_arguments(L.LightningDataModule, "data", required=False,
+                                  instantiate=False)  # fmt: skip
     parser.add_subclass_arguments(ClassifierModule, "model", required=True)
     return parser
+
+
+#: Trainer settings that do not change what a learner learns.  The report builds its own
+#: quiet Trainer for every run (one device, the comparison's accelerator and seed) and reads
+#: only ``max_epochs``; a config's other settings are ignored, and :class:`LearnerRun` says so.
+INERT_TRAINER_KEYS = frozenset({
+    "max_epochs", "log_every_n_steps", "deterministic", "logger", "enable_progress_bar",
+    "enable_model_summary", "enable_checkpointing", "default_root_dir", "num_sanity_val_steps",
+    "check_val_every_n_epoch", "val_check_interval", "accelerator", "devices", "num_nodes",
+    "strategy",
+})
+#: Data settings that name where the data are, not which: the report trains every learner on
+#: the comparison's own splits and reads only ``batch_size``.
+INERT_DATA_KEYS = frozenset({
+    "batch_size", "root", "data_dir", "download", "seed", "num_workers", "pin_memory",
+    "persistent_workers",
+})
+
+
+def _ignored_settings(cfg: Any) -> dict[str, Any]:
+    """``{"trainer.KEY": value, "data.KEY": value}``: what the config sets, away from the
+    defaults, that a comparison does not use."""
+    from jsonargparse import Namespace
+
+    defaults = config_parser().get_defaults()
+    ignored = {
+        f"trainer.{key}": value
+        for key, value in vars(cfg.trainer).items()
+        if key not in INERT_TRAINER_KEYS and value != defaults.trainer.get(key)
+    }
+    data = cfg.get("data")
+    init = data.get("init_args") if isinstance(data, Namespace) else None
+    if init is not None:
+        sig = inspect.signature(_import(data.class_path).__init__).parameters
+        ignored.update({
+            f"data.{key}": value
+            for key, value in vars(init).items()
+            if key not in INERT_DATA_KEYS and key in sig
+            and value != sig[key].default
+        })  # fmt: skip
+    return ignored
+
+
+def _overridden(key: str, args: Sequence[str]) -> bool:
+    """Whether the CLI-style ``args`` set ``key`` (``trainer.X`` or ``data.X``), in any of
+    the forms jsonargparse accepts (``--data.X``, ``--data.init_args.X``, ``=value``)."""
+    section, _, name = key.partition(".")
+    forms = {f"--{key}", f"--{section}.init_args.{name}"}
+    return any(arg.split("=", 1)[0] in forms for arg in args)
 
 
 def _config_path(path: str) -> str:
@@ -142,6 +199,25 @@ class LearnerRun:
             ["--config", _config_path(learner.config), *learner.args]
         )
         self.model_args = self.cfg.model.init_args.model.init_args
+        check_min_int(f"learner {learner.name!r}: trainer.max_epochs", self.max_epochs,
+                      optional=True)  # fmt: skip
+        ignored = _ignored_settings(self.cfg)
+        explicit = {k: v for k, v in ignored.items() if _overridden(k, learner.args)}
+        if explicit:
+            raise ValueError(
+                f"learner {learner.name!r}: the override(s) {_settings(explicit)} are invalid "
+                "in a comparison: it builds its own Trainer and data splits and reads only "
+                "trainer.max_epochs and data batch_size (use --epochs for every learner's "
+                "budget; fit the config with `bioplausible-lightning fit` for the rest)."
+            )
+        if ignored:
+            warnings.warn(
+                f"learner {learner.name!r}: the comparison ignores {_settings(ignored)} from "
+                f"{learner.config}: it builds its own Trainer and data splits and reads only "
+                "trainer.max_epochs and data batch_size.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     @property
     def name(self) -> str:
@@ -149,11 +225,12 @@ class LearnerRun:
 
     @property
     def batch_size(self) -> int:
-        return int((self.cfg.data or {}).get("init_args", {}).get("batch_size", 64))
+        init = (self.cfg.get("data") or {}).get("init_args") or {}
+        return int(init.get("batch_size", 64))
 
     @property
     def max_epochs(self) -> int | None:
-        return (self.cfg.trainer or {}).get("max_epochs")
+        return self.cfg.trainer.get("max_epochs")
 
     def has_hidden_sizes(self) -> bool:
         """Whether the config's model takes ``hidden_sizes`` (what the depth sweep repeats)."""
@@ -288,6 +365,10 @@ def _scale_step_schedules(rule: Any, share: float) -> None:
 def _import(class_path: str) -> Any:
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def _settings(values: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in values.items())
 
 
 __all__ = ["DEFAULT_LEARNERS", "PEER_LEARNERS", "ROOT", "Learner", "LearnerRun", "config_parser"]

@@ -12,7 +12,10 @@ The report overrides, for every run, the model's ``input_shape``, ``num_classes`
 (to the data and the run), its ``hidden_sizes`` in the depth sweep, the run's budget
 (``ComparisonConfig.epochs`` if set, else ``trainer.max_epochs``; fixed steps in few-shot (a)),
 and the ``T_max`` of a ``CosineAnnealingLR`` so that the schedule spans each run's budget.
-Other ``trainer:`` settings are not used: every run is a quiet fixed-budget :func:`fit`.
+Other ``trainer:`` and ``data:`` settings are not used: every run is a quiet fixed-budget
+:func:`fit` on the comparison's own splits.  A learner that sets one that would change what
+it learns (``trainer.gradient_clip_val``, ``data.max_shift``, ...) is refused when the
+setting is an override and announced by a warning when it is in the config file.
 """
 
 from __future__ import annotations
