@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bioplausible_lightning import (
+    BioConvNet,
     BioMLP,
     CompetitiveHebbian,
     CompositeRule,
@@ -384,3 +385,27 @@ def test_a_rule_retargets_a_new_model_and_never_trains_a_freed_one():
     assert cache.get(first) == 1 and cache.get(second) is None
     del first  # its weak reference dies with it: a new object can never match it
     assert cache.get(nn.Sequential()) is None
+
+
+@pytest.mark.parametrize("cls, shape", [(BioMLP, (1, 8, 8)), (BioConvNet, (1, 8, 8))])
+def test_the_packaged_models_drop_the_hidden_biases_a_hebbian_rule_never_learns(cls, shape):
+    extra = {"channels": [4], "hidden_size": 8} if cls is BioConvNet else {"hidden_sizes": [16]}
+    with pytest.warns(UserWarning, match=r"stay at their initial values.*hidden_bias=False"):
+        PerturbationModule(cls(shape, dale=False, seed=0, **extra), rule=HebbianPerturbation())
+    model = cls(shape, dale=False, seed=0, hidden_bias=False, **extra)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert [m.bias is None for m in layers] == [True] * (len(layers) - 1) + [False]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*initial values")
+        PerturbationModule(model, rule=HebbianPerturbation())
+    images, labels = load_digits_tensors()
+    loader = DataLoader(TensorDataset(images[:64], labels[:64]), batch_size=16)
+    before = layers[0].weight.detach().clone()
+    quiet_trainer(max_epochs=1, limit_val_batches=0).fit(
+        PerturbationModule(model, rule=HebbianPerturbation()), loader
+    )
+    assert not torch.equal(layers[0].weight, before)  # the layer learns without a bias
+    dale = cls(shape, dale=True, seed=0, hidden_bias=False, **extra)
+    assert sum(m.bias is None for m in dale.modules() if hasattr(m, "bias")) == len(layers) - 1
+    with pytest.raises(ValueError, match="hidden_bias"):
+        cls(shape, hidden_bias="no", **extra)

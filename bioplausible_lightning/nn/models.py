@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .._replicas import user_shape
-from .._validation import check_min_int, check_positive_ints
+from .._validation import check_bool, check_min_int, check_positive_ints
 from .activations import KWinnersTakeAll
 from .dale import Parametrization, dale_
 
@@ -60,8 +60,10 @@ def _dense_stack(
     dale: bool,
     sparsity: float,
     activation: nn.Module | None = None,
+    hidden_bias: bool = True,
 ) -> list[nn.Module]:
-    """Fully connected layers ``sizes[0] → … → sizes[-1]``, an activation between each pair.
+    """Fully connected layers ``sizes[0] → … → sizes[-1]``, an activation between each pair;
+    the hidden layers have a bias if ``hidden_bias``, the last layer always has one.
 
     With ``dale=True`` the layers are left uninitialised (``skip_init``: no random numbers
     drawn) for :func:`dale_` to initialise, so the model draws exactly what 0.1.0's Dale
@@ -69,13 +71,14 @@ def _dense_stack(
     """
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(_layer(dale, nn.Linear, n_in, n_out))
-        if i < len(sizes) - 2:
+        hidden = i < len(sizes) - 2
+        layers.append(_layer(dale, nn.Linear, n_in, n_out, bias=hidden_bias or not hidden))
+        if hidden:
             layers.append(_activation(sparsity, activation))
     return layers
 
 
-def _layer(dale: bool, cls: type[nn.Module], *args: int, **kwargs: int) -> nn.Module:
+def _layer(dale: bool, cls: type[nn.Module], *args: int, **kwargs: int | bool) -> nn.Module:
     """``cls(*args, **kwargs)``; uninitialised when :func:`dale_` will initialise it."""
     return nn.utils.skip_init(cls, *args, **kwargs) if dale else cls(*args, **kwargs)
 
@@ -125,6 +128,9 @@ class BioMLP(nn.Module):
         seed: Optional seed for a reproducible architecture (signs and initial weights).
         activation: A module used (copied) after every hidden layer instead of the ReLU /
             k-WTA that ``sparsity`` selects, e.g. :class:`SoftWinnerTakeAll`.
+        hidden_bias: Give the hidden layers a bias (the readout always has one).  A
+            Hebbian rule never trains it (its homeostatic thresholds compete instead), so
+            ``False`` drops parameters that would stay at their initial values.
     """
 
     def __init__(
@@ -141,14 +147,18 @@ class BioMLP(nn.Module):
         input_std: float | Sequence[float] = 0.5,
         seed: int | None = None,
         activation: nn.Module | None = None,
+        hidden_bias: bool = True,
     ) -> None:
         super().__init__()
+        check_bool("hidden_bias", hidden_bias)
         self.input_shape = check_mlp_sizes(input_shape, hidden_sizes, num_classes)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.normalize = InputNormalization(input_mean, input_std)
         sizes = [math.prod(self.input_shape), *[int(h) for h in hidden_sizes], num_classes]
         with _seeded(seed):  # plain torch layers draw their default init from the global RNG
-            self.layers = nn.Sequential(*_dense_stack(sizes, dale, sparsity, activation))
+            self.layers = nn.Sequential(
+                *_dense_stack(sizes, dale, sparsity, activation, hidden_bias)
+            )
             if dale:
                 dale_(self.layers, inhibitory_fraction, parametrization=parametrization,
                       init_sigma=init_sigma, generator=generator)  # fmt: skip
@@ -177,6 +187,8 @@ class BioConvNet(nn.Module):
         seed: Optional seed for a reproducible architecture.
         activation: A module used (copied) after every conv and hidden layer instead of the
             ReLU / k-WTA that ``sparsity`` selects, e.g. :class:`SoftWinnerTakeAll`.
+        hidden_bias: Give the conv and hidden layers a bias (the readout always has one);
+            ``False`` with a Hebbian rule, which never trains it.
     """
 
     def __init__(
@@ -194,8 +206,10 @@ class BioConvNet(nn.Module):
         input_std: float | Sequence[float] = 0.5,
         seed: int | None = None,
         activation: nn.Module | None = None,
+        hidden_bias: bool = True,
     ) -> None:
         super().__init__()
+        check_bool("hidden_bias", hidden_bias)
         self.input_shape = image_shape(input_shape)
         check_positive_ints("channels", channels)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -204,14 +218,14 @@ class BioConvNet(nn.Module):
         features: list[nn.Module] = []
         with _seeded(seed):
             for out_c in channels:
-                features += [_layer(dale, nn.Conv2d, c, out_c, 3, padding=1),
+                features += [_layer(dale, nn.Conv2d, c, out_c, 3, padding=1, bias=hidden_bias),
                              _activation(sparsity, activation), nn.MaxPool2d(2)]
                 c, h, w = out_c, h // 2, w // 2
             self.features = nn.Sequential(*features)
             sizes = [c * h * w] + ([hidden_size] if hidden_size > 0 else []) + [num_classes]
             self.head = nn.Sequential(
                 nn.Flatten(),
-                *_dense_stack(sizes, dale, sparsity, activation),
+                *_dense_stack(sizes, dale, sparsity, activation, hidden_bias),
             )
             if dale:  # convolutions first, then the head: 0.1.0's order of random draws
                 dale_(self, inhibitory_fraction, parametrization=parametrization,

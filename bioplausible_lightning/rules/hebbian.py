@@ -154,8 +154,9 @@ def _warn_frozen_biases(targets: list[tuple[str, nn.Module]], rule_name: str) ->
         warnings.warn(
             f"{rule_name}: it does not learn the biases of its layers (its homeostatic "
             f"thresholds take their place in the competition), so these trainable biases "
-            f"stay at their initial values: {frozen}. Build the layers with bias=False, or "
-            "set requires_grad=False, to silence this.",
+            f"stay at their initial values: {frozen}. Build the layers with bias=False "
+            "(BioMLP / BioConvNet: hidden_bias=False), or set requires_grad=False, to "
+            "silence this.",
             stacklevel=4,
         )
 
