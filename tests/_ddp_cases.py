@@ -1,26 +1,33 @@
 """Small training runs for the distributed tests, and the job that runs them under ``ddp``.
 
-``python tests/_ddp_cases.py OUT_DIR`` fits every case with Lightning's ``strategy="ddp"`` on
-2 CPU processes (gloo): Lightning re-launches this script for rank 1, so all cases share one
-process start.  After each fit every rank gathers what must be identical (parameters, the
-optimizers' learning rates, the rule's state, the skip counters); rank 0 saves, per case,
-whether the ranks agree bit for bit, the final parameters and the digits test accuracy to
-``OUT_DIR/results.pt``.  ``tests/test_distributed.py`` runs the job once and compares it with
+``python tests/_ddp_cases.py OUT_DIR`` first fits one model with ``strategy="ddp_spawn"``
+(:func:`run_spawn`), then every case with Lightning's ``strategy="ddp"`` on 2 CPU processes
+(gloo): Lightning re-launches this script for rank 1, so all cases share one process start.
+After each fit every rank gathers what must be identical (parameters, the optimizers'
+learning rates, the rule's state, the skip counters); rank 0 saves, per case, whether the
+ranks agree bit for bit, the final parameters and the digits test accuracy to
+``OUT_DIR/results.pt``.  ``tests/test_distributed.py`` reads the job's results (:class:`DDPJob`,
+started by ``conftest.py`` as soon as a test that needs it is collected) and compares them with
 the same cases fitted in one process (:func:`run_case` with ``devices=1``).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import pytest
 import torch
 from torch import nn
 
+import bioplausible_lightning
 from bioplausible_lightning import (
     BackpropModule,
     BioMLP,
@@ -36,6 +43,49 @@ from bioplausible_lightning.losses import cross_entropy
 
 #: The global batch: 2 processes x 32, or 1 process x 64.
 GLOBAL_BATCH = 64
+#: What an outer launcher may have set; Lightning must pick its own rendezvous.
+LAUNCHER_VARIABLES = ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")
+
+
+class DDPJob:
+    """This script's job (:func:`main`) in a child process, niced, in a session of its own
+    with the processes it starts. ``conftest.py`` starts it at collection and runs the tests
+    that read it last, so its process start-ups and tiny fits overlap the rest of the suite."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        root = Path(bioplausible_lightning.__file__).resolve().parents[1]  # this checkout
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(root), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+        for name in LAUNCHER_VARIABLES:
+            env.pop(name, None)
+        with open(out / "job.log", "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), str(out)], env=env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    def results(self, timeout: float = 400) -> dict[str, Any]:
+        """Wait for the job; its results, or a test failure with the end of its log."""
+        try:
+            code: int | str = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            code = f"killed after {timeout} s"
+        if code != 0 or not (self.out / "results.pt").exists():
+            log = (self.out / "job.log").read_text(errors="replace")
+            pytest.fail(f"the 2-process job failed (rc={code}):\n{log[-6000:]}")
+        return torch.load(self.out / "results.pt", weights_only=False)
+
+    def stop(self) -> None:
+        """Kill the job and its processes if they still run (an interrupted suite)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+#: Where ``conftest.py`` keeps the job it started for this test session.
+DDP_JOB = pytest.StashKey[DDPJob]()
 
 
 def _mlp() -> nn.Module:
@@ -238,6 +288,8 @@ def run_resume(devices: int, root: Path) -> dict[str, Any]:
 def main(out: Path) -> None:
     warnings.filterwarnings("ignore")
     results: dict[str, Any] = {}
+    if "LOCAL_RANK" not in os.environ:  # the launching process, before Lightning starts rank 1
+        results["spawn"] = run_spawn(out)
     for case in CASES:
         results[case] = run_case(case, 2, out)
     results["resume"] = run_resume(2, out)
@@ -246,5 +298,43 @@ def main(out: Path) -> None:
     shut_down_process_group()  # rank 1 ends with rank 0, and neither leaves it to atexit
 
 
+def _fit_with_ddp_spawn(out: Path) -> tuple[L.LightningModule, dict[str, torch.Tensor]]:
+    module = PerturbationModule(BioMLP(hidden_sizes=(32,), seed=0),
+                                NodePerturbation(num_directions=2, seed=1))  # fmt: skip
+    before = parameters(module)
+    callbacks = [SaveFingerprint(out / "spawn.pt"), ShutDownProcessGroup()]
+    fit = trainer(2, out, strategy="ddp_spawn", max_steps=4, callbacks=callbacks)
+    fit.fit(module, DigitsDataModule(batch_size=32, seed=0))
+    return module, before
+
+
+def run_spawn(out: Path) -> dict[str, Any]:
+    """``ddp_spawn`` pickles the module (a Dale BioMLP), the rule and the data module into 2
+    fresh processes; what rank 0 saved (whether they agree, its parameters) and this caller's
+    module before and after the fit. Run before any ``ddp`` fit, from the launching process
+    only, with the environment restored after it (the launcher sets its rendezvous there)."""
+    from torch.multiprocessing.spawn import ProcessExitedException
+
+    environ = dict(os.environ)
+    try:
+        try:
+            module, before = _fit_with_ddp_spawn(out)
+        except ProcessExitedException as err:
+            # A process that aborts at exit *after* training finished (its fingerprint is
+            # saved) is torch's Gloo shutdown, not this package: one fresh try. An abort of
+            # ours would come back on the second try, and any other failure is not retried.
+            if err.signal_name != "SIGABRT" or not (out / "spawn.pt").exists():
+                raise
+            (out / "spawn.pt").unlink()
+            module, before = _fit_with_ddp_spawn(out)
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+    processes = torch.load(out / "spawn.pt", weights_only=False)
+    return {"before": before, "after": parameters(module), "processes": processes}
+
+
 if __name__ == "__main__":
+    if "LOCAL_RANK" not in os.environ:  # rank 1 inherits it from this launching process
+        os.nice(10)  # a background job of the suite: its processes yield to the tests
     main(Path(sys.argv[1]))

@@ -5,22 +5,16 @@ rank 1), so that process start-up is paid once; each test then checks one proper
 """
 
 import copy
-import os
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from _ddp_cases import CASES, run_case
+from _ddp_cases import CASES, DDP_JOB, DDPJob, run_case
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch import nn
-from torch.multiprocessing.spawn import ProcessExitedException
 from torch.nn.utils import parametrize
 
-import bioplausible_lightning
 from bioplausible_lightning import (
     BackpropModule,
     BioMLP,
@@ -38,25 +32,13 @@ from bioplausible_lightning.data import DistributedEpochSeededSampler, EpochSeed
 from bioplausible_lightning.distributed import Reducer, all_reduce_mean_
 from bioplausible_lightning.losses import cross_entropy
 
-JOB = Path(__file__).with_name("_ddp_cases.py")
-#: What an outer launcher may have set; Lightning must pick its own rendezvous.
-LAUNCHER_VARIABLES = ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")
-
 
 @pytest.fixture(scope="module")
-def ddp(tmp_path_factory):
-    """The results of every case of ``_ddp_cases.py`` fitted on 2 processes."""
-    out = tmp_path_factory.mktemp("ddp")
-    root = Path(bioplausible_lightning.__file__).resolve().parents[1]  # this checkout
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(root), str(JOB.parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    for name in LAUNCHER_VARIABLES:
-        env.pop(name, None)
-    job = subprocess.run([sys.executable, str(JOB), str(out)], env=env, capture_output=True,
-                         text=True, timeout=400)  # fmt: skip
-    if job.returncode != 0 or not (out / "results.pt").exists():
-        pytest.fail(f"the 2-process job failed (rc={job.returncode}):\n{job.stderr[-6000:]}")
-    return torch.load(out / "results.pt", weights_only=False)
+def ddp(request, tmp_path_factory):
+    """What the job of ``_ddp_cases.py`` saved: every case fitted on 2 processes under
+    ``ddp``, and one ``ddp_spawn`` fit."""
+    job = request.config.stash.get(DDP_JOB, None)  # started by conftest.py at collection
+    return (job or DDPJob(tmp_path_factory.mktemp("ddp"))).results()
 
 
 @pytest.fixture(scope="module")
@@ -352,42 +334,12 @@ def test_a_parametrisation_registered_with_torchs_own_function_pickles_with_the_
     torch.testing.assert_close(clone.model[0].weight, model[0].weight, rtol=0, atol=0)
 
 
-def test_ddp_spawn_trains_a_dale_model_to_bit_identical_parameters(tmp_path):
+def test_ddp_spawn_trains_a_dale_model_to_bit_identical_parameters(ddp):
     # ddp_spawn pickles the module (a Dale BioMLP), the rule and the data module into 2
     # fresh processes (gloo); every rank ends with the same parameters, and the caller's
     # module holds rank 0's
-    environ = dict(os.environ)  # all of it: Lightning sets more than the launcher variables
-    try:
-        for name in LAUNCHER_VARIABLES:
-            os.environ.pop(name, None)
-        try:
-            module, before = _fit_with_ddp_spawn(tmp_path)
-        except ProcessExitedException as err:
-            # A process that aborts at exit *after* training finished (its fingerprint is
-            # saved) is torch's Gloo shutdown, not this package: one fresh try. An abort of
-            # ours would come back on the second try, and any other failure is not retried.
-            if err.signal_name != "SIGABRT" or not (tmp_path / "spawn.pt").exists():
-                raise
-            (tmp_path / "spawn.pt").unlink()
-            module, before = _fit_with_ddp_spawn(tmp_path)
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
-    result = torch.load(tmp_path / "spawn.pt", weights_only=False)
-    assert result["world_size"] == 2 and result["identical"]
-    after = module.model.state_dict()
-    assert all(torch.equal(after[k], result["params"][k]) for k in after)  # rank 0's weights
+    spawn = ddp["spawn"]
+    processes, after, before = spawn["processes"], spawn["after"], spawn["before"]
+    assert processes["world_size"] == 2 and processes["identical"]
+    assert all(torch.equal(after[k], processes["params"][k]) for k in after)  # rank 0's
     assert any(not torch.equal(after[k], before[k]) for k in after)  # it trained
-
-
-def _fit_with_ddp_spawn(tmp_path):
-    from _ddp_cases import SaveFingerprint, ShutDownProcessGroup, trainer
-
-    module = PerturbationModule(BioMLP(hidden_sizes=(32,), seed=0),
-                                NodePerturbation(num_directions=2, seed=1))  # fmt: skip
-    before = {k: v.clone() for k, v in module.model.state_dict().items()}
-    fit = trainer(2, tmp_path, strategy="ddp_spawn", max_steps=4,
-                  callbacks=[SaveFingerprint(tmp_path / "spawn.pt"),
-                             ShutDownProcessGroup()])  # fmt: skip
-    fit.fit(module, DigitsDataModule(batch_size=32, seed=0))
-    return module, before

@@ -420,8 +420,8 @@ def test_readout_probe_in_protocol_a_trains_one_run_per_draw_and_probes_its_few_
 def test_quick_report_writes_every_file_with_one_column_per_learner(tmp_path):
     out = tmp_path / "quick"
     # the structure of the report is what is tested: smaller budgets than --quick's own
-    budgets = ["--attack-samples", "50", "--square-queries", "20",
-               "--fewshot-steps", "20", "--fewshot-seeds", "0",
+    budgets = ["--epochs", "1", "--base-epochs", "1", "--attack-samples", "50",
+               "--square-queries", "20", "--fewshot-steps", "20", "--fewshot-seeds", "0",
                "--episodic-metric", "cosine", "--fewshot-shift", "1"]  # fmt: skip
     report = _load_compare().main(["--quick", "--out", str(out), "--threads", "1", *budgets])
     for name in ("report.json", "summary.md", "robustness.png", "fewshot.png", "depth.png",
