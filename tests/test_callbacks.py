@@ -347,6 +347,23 @@ def test_default_interval_is_the_trainers_log_every_n_steps() -> None:
         DaleLawMonitor(log_every_n_steps="every")
 
 
+def test_a_fit_shorter_than_the_interval_is_sampled_once_at_its_end(tmp_path) -> None:
+    # 5 optimizer steps, interval 50 (the Trainer's default): the Dale and weight monitors
+    # (no epoch-end sample by default) would end the fit with nothing logged
+    short = [DaleLawMonitor(), WeightDistributionMonitor()]
+    trainer = fit(PlainClassifier(), short, logger=CSVLogger(tmp_path), batches=5,
+                  log_every_n_steps=50, limit_val_batches=0)  # fmt: skip
+    logged = read_csv(trainer.logger.log_dir)
+    for monitor, key in zip(short, ("dale/sign_consistency", "weights/net.1/ks_normal")):
+        assert [row["step"] for row in monitor.history] == [5], monitor
+        assert logged[key] == monitor.values(key)  # and sent to the logger
+    # a fit that did sample gets no extra sample at its end
+    sampled = [DaleLawMonitor(log_every_n_steps=4), WeightDistributionMonitor(4)]
+    fit(PlainClassifier(), sampled, batches=6, limit_val_batches=0)
+    for monitor in sampled:  # optimizer step 4, logged at Lightning's logger step 3
+        assert [row["step"] for row in monitor.history] == [3], monitor
+
+
 def test_monitor_history_and_sign_patterns_continue_across_a_resume(tmp_path) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 

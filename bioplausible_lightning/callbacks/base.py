@@ -1,11 +1,12 @@
 """What the three monitors share: when to sample, which layers, where results go.
 
 A monitor samples every ``log_every_n_steps`` optimizer steps (by default the Trainer's own
-``log_every_n_steps``) and at the end of every training epoch, on rank zero only: at most
-one sample per optimizer step, since the weights change only there (gradient accumulation
-included).  Results go to every logger the Trainer has (Lightning's
-``log_metrics``, as ``LearningRateMonitor`` does) and into :attr:`Monitor.history`, so a
-Trainer without a logger loses nothing.
+``log_every_n_steps``) and, with ``log_on_epoch_end``, at the end of every training epoch, on
+rank zero only: at most one sample per optimizer step, since the weights change only there
+(gradient accumulation included).  A fit that ends before its first sample (fewer steps than
+the interval) is sampled once at its end, so no monitor ends a fit empty-handed.  Results go
+to every logger the Trainer has (Lightning's ``log_metrics``, as ``LearningRateMonitor``
+does) and into :attr:`Monitor.history`, so a Trainer without a logger loses nothing.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class Monitor(Callback):
             log_every_n_steps
         )
         self._last_sample: int | None = None  # global_step (optimizer steps) of the last one
+        self._sampled_this_fit = False
         self._warned = False
 
     # -- selection ------------------------------------------------------------------------
@@ -154,8 +156,15 @@ class Monitor(Callback):
         if n is not None and step > 0 and step % n == 0 and step != self._last_sample:
             self.sample(trainer, pl_module)  # an optimizer step just happened
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sampled_this_fit = False
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.log_on_epoch_end:
+            self.sample(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._sampled_this_fit:  # a run shorter than the interval: one sample at the end
             self.sample(trainer, pl_module)
 
     def sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -168,6 +177,7 @@ class Monitor(Callback):
         metrics = self.collect(trainer, pl_module)
         if metrics:
             self._last_sample = trainer.global_step
+            self._sampled_this_fit = True
             self.record(trainer, metrics)
 
     def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:

@@ -87,6 +87,7 @@ class DaleLawMonitor(Monitor):
         return f"{super().searched_for()} whose weight_getter ({getter}) returns a >= 2-D tensor"
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         # the first sample then reports the flips since the start of training
         if self.track_sign_flips and trainer.is_global_zero:
             with torch.no_grad():

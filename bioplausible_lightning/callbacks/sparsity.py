@@ -159,6 +159,7 @@ class SparsityMonitor(Monitor):
                 self._probe = self._prepare(batch, pl_module)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         if trainer.is_global_zero:
             self._resolve_probe(trainer, pl_module)
 

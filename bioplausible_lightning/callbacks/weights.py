@@ -111,6 +111,7 @@ class WeightDistributionMonitor(Monitor):
         return out
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         if self.save_figure and trainer.is_global_zero and not self._first:  # kept on resume
             self._first = {
                 name: sample_values(w, self.max_samples).abs().float()
@@ -138,6 +139,7 @@ class WeightDistributionMonitor(Monitor):
         return metrics
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
         if not (self.save_figure and trainer.is_global_zero and self._first):
             return
         last = {
