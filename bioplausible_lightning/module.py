@@ -16,12 +16,14 @@ from typing import Any, Literal, get_args
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from . import lean
+from ._global_rng import global_rng_state, resumed_inside_epoch, set_global_rng_state
 from ._validation import (
     check_bool,
     check_callable,
@@ -242,6 +244,9 @@ class ClassifierModule(L.LightningModule):
                                      gradient_clip_val, accumulate_grad_batches)  # fmt: skip
         self._adapter = AdapterRunner(step_size_adapter)
         self._pending_rpe: Tensor | None = None
+        #: the global RNG state of a checkpoint being resumed, until the loop is where the
+        #: uninterrupted run was when it was saved (``_global_rng``)
+        self._pending_global_rng: dict[str, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # pickling (torch.save(module), ddp_spawn): parametrised layers, including ones
@@ -398,6 +403,9 @@ class ClassifierModule(L.LightningModule):
     def on_train_start(self) -> None:
         super().on_train_start()
         self._adapter.start(self.global_step)
+        state, self._pending_global_rng = self._pending_global_rng, None
+        if state is not None and resumed_inside_epoch(self.trainer):
+            set_global_rng_state(state)  # after the resumed epoch's DataLoader iterator
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -512,12 +520,14 @@ class ClassifierModule(L.LightningModule):
         checkpoint["perturbation_rule"] = self.rule.state_dict()  # the key's historical name
         checkpoint["perturbation_rule_config"] = rule_config(self.rule)
         checkpoint["model_class"] = _qualified_name(eager_model(self.model))
+        checkpoint["global_rng"] = global_rng_state()  # Dropout's: Lightning does not save it
         if self.step_size_adapter is not None:
             checkpoint["step_size_adapter"] = self._adapter.state_dict()
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_checkpoint_model(checkpoint)
+        self._resume_global_rng(checkpoint.get("global_rng"))
         skipped = checkpoint.get("skipped_steps", {})
         self.skipped_steps = skipped.get("total", 0)
         self.consecutive_skips = skipped.get("consecutive", 0)
@@ -540,6 +550,18 @@ class ClassifierModule(L.LightningModule):
             )
             return
         self.rule.load_state_dict(checkpoint["perturbation_rule"])
+
+    def _resume_global_rng(self, state: dict[str, Any] | None) -> None:
+        """A fit resumed from a checkpoint continues the global RNG (``_global_rng``):
+        set now, before the loop creates its DataLoader iterator (which draws from it, as
+        the uninterrupted run's next epoch did), and again at ``on_train_start`` if the fit
+        resumes inside an epoch (whose iterator the uninterrupted run had already made).
+        Loading for anything but ``fit`` leaves the global RNG alone."""
+        trainer = self._trainer
+        if state is None or trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return
+        set_global_rng_state(state)
+        self._pending_global_rng = state
 
     def _check_checkpoint_model(self, checkpoint: dict[str, Any]) -> None:
         """The model is not a hyper-parameter, so a checkpoint loaded without it gets the

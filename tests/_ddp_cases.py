@@ -268,7 +268,10 @@ def run_resume(devices: int, root: Path) -> dict[str, Any]:
     def fit(ckpt_path: str | None = None, callbacks: tuple = (), **kwargs: Any):
         L.seed_everything(0, verbose=False)
         rule = NodePerturbation(num_directions=2, seed=3)  # per-rank noise, shared generator
-        module = PerturbationModule(_mlp(), rule, lambda p: torch.optim.Adam(p, lr=1e-2))
+        torch.manual_seed(0)  # Dropout: the global RNG, which the module checkpoints
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2),
+                              nn.Linear(32, 10))  # fmt: skip
+        module = PerturbationModule(model, rule, lambda p: torch.optim.Adam(p, lr=1e-2))
         options = {"max_epochs": 2, **kwargs}
         run = trainer(devices, root, callbacks=list(callbacks),
                       enable_checkpointing=bool(callbacks), **options)  # fmt: skip

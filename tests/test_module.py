@@ -400,6 +400,50 @@ def test_default_module_learns_digits_like_the_cli_config():
     assert trainer.test(module, data, verbose=False)[0]["test/acc"] > 0.88
 
 
+@pytest.mark.parametrize("learner", ["perturbation", "backprop"])
+@pytest.mark.parametrize("where", ["every_n_train_steps", "validation_mid_epoch", "epoch_end",
+                                   "last_batch", "validation_at_last_batch"])  # fmt: skip
+def test_a_dropout_model_resumes_bit_identically(tmp_path, where, learner):
+    # Dropout draws from the global torch RNG, which Lightning does not checkpoint: the
+    # module saves it and puts it back where the uninterrupted run stood (_global_rng)
+    # 10 batches per epoch; Lightning restarts each of these checkpoints differently
+    stop = {"every_n_train_steps": 4, "validation_mid_epoch": 4}.get(where, 10)
+    val = {"validation_mid_epoch": dict(val_check_interval=4, limit_val_batches=1),
+           "validation_at_last_batch": dict(val_check_interval=5, limit_val_batches=1),
+           "epoch_end": dict(limit_val_batches=1)}.get(where, {})  # fmt: skip
+
+    def fit(ckpt_path=None, callbacks=(), **kw):
+        L.seed_everything(0)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                  torch.nn.Dropout(0.3), torch.nn.Linear(32, 10))  # fmt: skip
+        rule = NodePerturbation(num_directions=2, seed=3)
+        module = BackpropModule(net) if learner == "backprop" else PerturbationModule(net, rule)
+        options = {"max_epochs": 2, "limit_val_batches": 0, **val, **kw}
+        trainer = quiet_trainer(tmp_path, callbacks=list(callbacks),
+                                enable_checkpointing=bool(callbacks), **options)  # fmt: skip
+        trainer.fit(module, DigitsDataModule(batch_size=128, seed=0), ckpt_path=ckpt_path)
+        return module
+
+    straight = fit()
+    if where in ("validation_mid_epoch", "epoch_end", "validation_at_last_batch"):
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, monitor="val/loss")
+    else:
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_train_steps=stop)
+    fit(callbacks=[ckpt], max_steps=stop)
+    (path,) = (tmp_path / "ck").glob(f"*step={stop}*.ckpt")
+    resumed = fit(ckpt_path=str(path))
+    a, b = _params(straight), _params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a checkpoint loaded for anything but fit leaves the global RNG to the loop
+    after = {}
+    for ckpt_path in (None, str(path)):
+        torch.manual_seed(1)
+        quiet_trainer(tmp_path, limit_val_batches=1).validate(
+            resumed, DigitsDataModule(seed=0), ckpt_path=ckpt_path)
+        after[ckpt_path] = torch.get_rng_state()
+    assert torch.equal(after[None], after[str(path)])
+
+
 @pytest.mark.parametrize("where", ["every_n_train_steps", "validation_mid_epoch", "last_batch"])
 def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(tmp_path, where):
     # 10 batches per epoch; the first run stops after step 4 (10 at the last batch)
