@@ -23,25 +23,24 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 
 def global_rng_state() -> dict[str, Any]:
-    """The CPU generator's state and, where CUDA is in use, every device's."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    """The CPU generator's state and, where CUDA is in use, the current device's (under DDP
+    each process draws on its own device, and the checkpoint is rank 0's)."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
     return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
 
 def set_global_rng_state(state: dict[str, Any]) -> None:
-    """Put back a :func:`global_rng_state`; CUDA states only onto as many devices as saved."""
+    """Put back a :func:`global_rng_state`, the CUDA state onto the current device."""
     torch.set_rng_state(state["cpu"])
-    cuda = state.get("cuda") or []
-    if not cuda:
+    cuda = state.get("cuda")
+    if cuda is None:
         return
-    if torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
-        torch.cuda.set_rng_state_all(cuda)
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
     else:
-        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         rank_zero_warn(
-            f"The checkpoint holds the CUDA RNG states of {len(cuda)} device(s), but "
-            f"{available} are visible: they are not restored, so CUDA random draws (e.g. "
-            "Dropout on the GPU) differ from the uninterrupted run.",
+            "The checkpoint holds a CUDA RNG state but no GPU is visible: it is not "
+            "restored, so CUDA random draws differ from the uninterrupted run's.",
             category=UserWarning,
         )
 
