@@ -400,40 +400,54 @@ def test_default_module_learns_digits_like_the_cli_config():
     assert trainer.test(module, data, verbose=False)[0]["test/acc"] > 0.88
 
 
+def _straight_and_resumed(tmp_path, make_module, stop, val, at_validation):
+    """``make_module()`` fitted for 2 epochs straight, and fitted again from the checkpoint
+    of a run stopped at step ``stop`` (written after that batch, or by the validation run
+    there); and the checkpoint's path.  10 batches per epoch."""
+
+    def fit(ckpt_path=None, callbacks=(), **kw):
+        L.seed_everything(0)
+        options = {"max_epochs": 2, "limit_val_batches": 0, **val, **kw}
+        trainer = quiet_trainer(tmp_path, callbacks=list(callbacks),
+                                enable_checkpointing=bool(callbacks), **options)  # fmt: skip
+        module = make_module()
+        trainer.fit(module, DigitsDataModule(batch_size=128, seed=0), ckpt_path=ckpt_path)
+        return module
+
+    straight = fit()
+    when = {"monitor": "val/loss"} if at_validation else {"every_n_train_steps": stop}
+    fit(callbacks=[ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, **when)],
+        max_steps=stop)  # fmt: skip
+    (path,) = (tmp_path / "ck").glob(f"*step={stop}*.ckpt")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*dataloader is not resumable")
+        resumed = fit(ckpt_path=str(path))
+    a, b = _params(straight), _params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return resumed, path
+
+
 @pytest.mark.parametrize("learner", ["perturbation", "backprop"])
 @pytest.mark.parametrize("where", ["every_n_train_steps", "validation_mid_epoch", "epoch_end",
                                    "last_batch", "validation_at_last_batch"])  # fmt: skip
 def test_a_dropout_model_resumes_bit_identically(tmp_path, where, learner):
     # Dropout draws from the global torch RNG, which Lightning does not checkpoint: the
-    # module saves it and puts it back where the uninterrupted run stood (_global_rng)
-    # 10 batches per epoch; Lightning restarts each of these checkpoints differently
+    # module saves it and puts it back where the uninterrupted run stood (_global_rng);
+    # Lightning restarts each of these checkpoints differently
     stop = {"every_n_train_steps": 4, "validation_mid_epoch": 4}.get(where, 10)
     val = {"validation_mid_epoch": dict(val_check_interval=4, limit_val_batches=1),
            "validation_at_last_batch": dict(val_check_interval=5, limit_val_batches=1),
            "epoch_end": dict(limit_val_batches=1)}.get(where, {})  # fmt: skip
 
-    def fit(ckpt_path=None, callbacks=(), **kw):
-        L.seed_everything(0)
+    def make_module():
         net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
                                   torch.nn.Dropout(0.3), torch.nn.Linear(32, 10))  # fmt: skip
-        rule = NodePerturbation(num_directions=2, seed=3)
-        module = BackpropModule(net) if learner == "backprop" else PerturbationModule(net, rule)
-        options = {"max_epochs": 2, "limit_val_batches": 0, **val, **kw}
-        trainer = quiet_trainer(tmp_path, callbacks=list(callbacks),
-                                enable_checkpointing=bool(callbacks), **options)  # fmt: skip
-        trainer.fit(module, DigitsDataModule(batch_size=128, seed=0), ckpt_path=ckpt_path)
-        return module
+        if learner == "backprop":
+            return BackpropModule(net)
+        return PerturbationModule(net, NodePerturbation(num_directions=2, seed=3))
 
-    straight = fit()
-    if where in ("validation_mid_epoch", "epoch_end", "validation_at_last_batch"):
-        ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, monitor="val/loss")
-    else:
-        ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_train_steps=stop)
-    fit(callbacks=[ckpt], max_steps=stop)
-    (path,) = (tmp_path / "ck").glob(f"*step={stop}*.ckpt")
-    resumed = fit(ckpt_path=str(path))
-    a, b = _params(straight), _params(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed, path = _straight_and_resumed(tmp_path, make_module, stop, val,
+                                          at_validation=bool(val))  # fmt: skip
     # a checkpoint loaded for anything but fit leaves the global RNG to the loop
     after = {}
     for ckpt_path in (None, str(path)):
@@ -446,28 +460,10 @@ def test_a_dropout_model_resumes_bit_identically(tmp_path, where, learner):
 
 @pytest.mark.parametrize("where", ["every_n_train_steps", "validation_mid_epoch", "last_batch"])
 def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(tmp_path, where):
-    # 10 batches per epoch; the first run stops after step 4 (10 at the last batch)
+    # the first run stops after step 4 (10 at the last batch)
     stop = 10 if where == "last_batch" else 4
     val = dict(val_check_interval=4, limit_val_batches=1) if where == "validation_mid_epoch" else {}
+    def make_module():  # a fresh rule for every fit: its RNG state is what resumes
+        return _module(WeightPerturbation(num_directions=2, seed=3), lr=0.01)
 
-    def fit(ckpt_path=None, callbacks=(), **kw):
-        L.seed_everything(0)
-        module = _module(WeightPerturbation(num_directions=2, seed=3), lr=0.01)
-        options = {"max_epochs": 2, "limit_val_batches": 0, **val, **kw}
-        trainer = quiet_trainer(tmp_path, callbacks=list(callbacks),
-                           enable_checkpointing=bool(callbacks), **options)  # fmt: skip
-        trainer.fit(module, DigitsDataModule(batch_size=128, seed=0), ckpt_path=ckpt_path)
-        return module
-
-    straight = fit()
-    if where == "validation_mid_epoch":
-        ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, monitor="val/loss")
-    else:
-        ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_train_steps=stop)
-    fit(callbacks=[ckpt], max_steps=stop)
-    (path,) = (tmp_path / "ck").glob(f"*step={stop}*.ckpt")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*dataloader is not resumable")
-        resumed = fit(ckpt_path=str(path))
-    a, b = _params(straight), _params(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _straight_and_resumed(tmp_path, make_module, stop, val, where == "validation_mid_epoch")
