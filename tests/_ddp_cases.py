@@ -88,9 +88,10 @@ class DDPJob:
 DDP_JOB = pytest.StashKey[DDPJob]()
 
 
-def _mlp() -> nn.Module:
+def _mlp(dropout: float | None = None) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    drop = [] if dropout is None else [nn.Dropout(dropout)]  # draws from the global RNG
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), *drop, nn.Linear(32, 10))
 
 
 class _NanOnRankOne:
@@ -268,10 +269,8 @@ def run_resume(devices: int, root: Path) -> dict[str, Any]:
     def fit(ckpt_path: str | None = None, callbacks: tuple = (), **kwargs: Any):
         L.seed_everything(0, verbose=False)
         rule = NodePerturbation(num_directions=2, seed=3)  # per-rank noise, shared generator
-        torch.manual_seed(0)  # Dropout: the global RNG, which the module checkpoints
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2),
-                              nn.Linear(32, 10))  # fmt: skip
-        module = PerturbationModule(model, rule, lambda p: torch.optim.Adam(p, lr=1e-2))
+        module = PerturbationModule(_mlp(dropout=0.2), rule,  # the module checkpoints
+                                    lambda p: torch.optim.Adam(p, lr=1e-2))  # its global RNG
         options = {"max_epochs": 2, **kwargs}
         run = trainer(devices, root, callbacks=list(callbacks),
                       enable_checkpointing=bool(callbacks), **options)  # fmt: skip
