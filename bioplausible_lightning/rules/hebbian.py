@@ -338,26 +338,31 @@ class CompetitiveHebbian(LearningRule):
             yu = yu.clamp_min(0)
         # Only units that took part in a competition change.  With k-WTA or rank competition
         # on a wide layer that is a small fraction of the rows: compute those rows alone.
+        # ``delta`` (units × inputs) is the size of the layer: it is built, then scaled, in
+        # place (a wide layer's update is bound by memory passes, not by the product)
         if self.competition == "soft":
             active = None
-            delta = (y.T @ x) / rows - yu[:, None] * w
+            delta = y.T @ x
+            delta.div_(rows).sub_(yu[:, None] * w)
         else:
             active = (y != 0).any(0).nonzero().squeeze(1)
-            delta = _sparse_hebbian_term(y[:, active], x) / rows - yu[active, None] * w[active]
+            delta = _sparse_hebbian_term(y[:, active], x)
+            delta.div_(rows).sub_(yu[active, None] * w[active])
         decay = self.current_lr_factor()
         # SoftHebb's per-unit factor sqrt(|‖w_i‖ − 1|): a converged unit slows down
         adapt = (norms - 1).abs().clamp_min(1e-10).sqrt() if self.adaptive_rate else None
         if self.normalize == "max":
-            step = -decay * delta / delta.abs().max().clamp_min(1e-30)
+            largest = delta.abs().max().clamp_min(1e-30)
+            step = delta.mul_(-decay).div_(largest)
             if adapt is not None:  # SoftHebb's conv layers: the max step, per-unit rates
-                step = step * (adapt if active is None else adapt[active])[:, None]
+                step.mul_((adapt if active is None else adapt[active])[:, None])
         else:
             rate = torch.full_like(yu, lr)
             if adapt is not None:
                 rate = rate * adapt
             rate = rate / (2 * rate * yu.abs()).clamp_min(1.0)
             rate = rate if active is None else rate[active]
-            step = -(decay * rate / lr)[:, None] * delta
+            step = delta.mul_((-(decay * rate / lr))[:, None])
         grad = step if active is None else w.new_zeros(w.shape).index_copy_(0, active, step)
         share = y.clamp_min(0).sum(0) / rows
         fair = (self.k if self.competition == "hard" else 1) / w.shape[0]
@@ -420,10 +425,12 @@ class CompetitiveHebbian(LearningRule):
                     weight, rows_x, rows_u, threshold, index[name]
                 )
                 self._thresholds[name] = threshold
+                if grad_scale != 1.0:  # (a fresh tensor either way, as accumulation needs)
+                    grad.mul_(grad_scale)
                 if on_synapses:
-                    accumulate_param_grad(synapses, grad * grad_scale)
+                    accumulate_param_grad(synapses, grad)
                 else:
-                    accumulate_weight_grad(module, grad * grad_scale)
+                    accumulate_weight_grad(module, grad)
             self._steps += 1
         return RuleOutput(loss, logits, finite)
 
