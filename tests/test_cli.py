@@ -82,7 +82,8 @@ def test_hebbian_example_config_builds_the_plain_model_and_the_papers_rule(tmp_p
 
     cli = run_cli(["fit", "--config", str(ROOT / "examples" / "digits_hebbian.yaml"),
                    f"--trainer.default_root_dir={tmp_path}", "--test_after_fit=false",
-                   *QUICK])  # fmt: skip
+                   *QUICK, "--trainer.max_steps=3"])  # what it builds, not how well  # fmt: skip
+    assert cli.trainer.global_step == 3
     assert isinstance(cli.model.rule, HebbianPerturbation)
     assert cli.model.rule.readout.replicate_at == "first_target"
     layers = [m for m in cli.model.model.modules() if isinstance(m, nn.Linear)]

@@ -421,8 +421,10 @@ def test_quick_report_writes_every_file_with_one_column_per_learner(tmp_path):
     out = tmp_path / "quick"
     # the structure of the report is what is tested: smaller budgets than --quick's own
     budgets = ["--epochs", "1", "--base-epochs", "1", "--attack-samples", "50",
-               "--square-queries", "20", "--fewshot-steps", "20", "--fewshot-seeds", "0",
-               "--episodic-metric", "cosine", "--fewshot-shift", "1"]  # fmt: skip
+               "--pgd-steps", "2", "--square-queries", "20", "--shots", "1",
+               "--fewshot-steps", "20", "--fewshot-seeds", "0", "--probe-seeds", "0",
+               "--episodic-shots", "1", "--episodic-metric", "cosine", "--fewshot-shift", "1",
+               "--depth-width", "16", "--representation-samples", "200"]  # fmt: skip
     report = _load_compare().main(["--quick", "--out", str(out), "--threads", "1", *budgets])
     for name in ("report.json", "summary.md", "robustness.png", "fewshot.png", "depth.png",
                  "weights.png", "sparsity.png"):  # fmt: skip
@@ -439,7 +441,7 @@ def test_quick_report_writes_every_file_with_one_column_per_learner(tmp_path):
         assert set(saved["robustness"][learner]["accuracy"]) == {"fgsm", "pgd", "square",
                                                                  "transfer"}  # fmt: skip
         assert len(saved["depth"]["accuracy"][learner]) == 2
-        assert set(saved["fewshot"]["from_scratch"]["results"][learner]) == {"1", "5"}
+        assert set(saved["fewshot"]["from_scratch"]["results"][learner]) == {"1"}
     # transfer: crafted on the Dale backprop model, except for that model itself
     assert {saved["robustness"][n]["source"] for n in learners if n != "backprop-dale"} == {
         "backprop-dale"
@@ -499,16 +501,25 @@ def digits_data():
     return data
 
 
-def test_learners_are_built_from_the_cli_configs(digits_data):
+@pytest.fixture(scope="module")
+def default_runs():
+    """Every data set's default learners, parsed once (a parse is 0.1-0.4 s; runs build fresh
+    models and modules and are never changed by the tests)."""
+    from bioplausible_lightning.evaluation.learners import DEFAULT_LEARNERS, LearnerRun
+
+    return {dataset: [LearnerRun(lr) for lr in DEFAULT_LEARNERS[dataset]]
+            for dataset in ("digits", "mnist", "cifar10")}  # fmt: skip
+
+
+def test_learners_are_built_from_the_cli_configs(digits_data, default_runs):
     from bioplausible_lightning import (
         BackpropModule,
         DaleExp,
         HebbianPerturbation,
         PerturbationModule,
     )
-    from bioplausible_lightning.evaluation.learners import DEFAULT_LEARNERS, LearnerRun
 
-    node, bp_dale, bp, hebbian, _ = (LearnerRun(lr) for lr in DEFAULT_LEARNERS["mnist"])
+    node, bp_dale, bp, hebbian, _ = default_runs["mnist"]
     five = digits_data.resplit(classes=[0, 1, 2, 3, 4])
     model = bp_dale.model(five, seed=3, hidden_sizes=[16, 16])  # the data's shape and classes
     assert model.input_shape == (1, 8, 8) and model.layers[-1].out_features == 5
@@ -528,11 +539,9 @@ def test_learners_are_built_from_the_cli_configs(digits_data):
     assert [r.label_free_hidden() for r in (node, bp_dale, bp, hebbian)] == [False] * 3 + [True]
 
 
-def test_every_default_learner_config_parses():
-    from bioplausible_lightning.evaluation.learners import DEFAULT_LEARNERS, LearnerRun
-
-    for dataset in ("digits", "mnist", "cifar10"):  # imagefolder: the cifar10 files
-        runs = [LearnerRun(lr) for lr in DEFAULT_LEARNERS[dataset]]
+def test_every_default_learner_config_parses(default_runs):
+    assert set(default_runs) == {"digits", "mnist", "cifar10"}  # imagefolder: the cifar10 files
+    for dataset, runs in default_runs.items():
         expected = {"mnist": [True, True],  # both configurations of the rule
                     "cifar10": [True, False],  # and backprop on the conv presets' network
                     "digits": [True]}[dataset]  # fmt: skip
