@@ -735,3 +735,37 @@ def test_peer_activations_count_as_hidden_layers():
         "features.2", "features.6", "features.10"]  # the three triangle activations
     mlp = HebbianMLP((1, 8, 8), 10, [16], activation=RectifiedPower(2.0))
     assert default_activation_layers(mlp) == ["layers.1"]
+
+
+def test_the_smoothed_copy_softens_only_the_code_and_the_front_end_is_contrast_only():
+    import sys
+
+    from bioplausible_lightning import HebbianMLP, SoftWinnerTakeAll
+
+    smoothed = _load_example("smoothed_transfer").smoothed
+    model = HebbianMLP((1, 8, 8), 10, [32], seed=0,
+                       activation=SoftWinnerTakeAll(0.0, 0.2, total_activity=1.0))  # fmt: skip
+    soft = smoothed(model, 5.0)
+    (act,) = [m for m in soft.modules() if isinstance(m, SoftWinnerTakeAll)]
+    assert act.temperature == pytest.approx(1.0)  # 5 x 0.2, the original untouched:
+    assert [m.temperature for m in model.modules() if isinstance(m, SoftWinnerTakeAll)] == [0.2]
+    assert all(torch.equal(a, b) for a, b in zip(soft.parameters(), model.parameters()))
+    x = torch.rand(4, 1, 8, 8)
+    assert not torch.allclose(soft(x), model(x))
+    with pytest.raises(ValueError, match="SoftWinnerTakeAll"):
+        smoothed(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), 5.0)
+    sys.path.insert(0, str(ROOT / "examples"))  # cifar10_on_off imports smoothed_transfer
+    try:
+        front = _load_example("cifar10_on_off").ContrastOnOff(gain=0.16)
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    images = torch.rand(3, 3, 32, 32) * 0.5
+    out = front(images)
+    assert out.shape == (3, 6, 32, 32) and bool((out >= 0).all())
+    # contrast, not brightness: a brighter copy gives the same channels; twice the contrast
+    # gives the same pattern, divisively normalised (less than twice the response); ON and
+    # OFF never both fire on one pixel
+    assert torch.allclose(front(images + 0.3), out, atol=1e-5)
+    high = front(0.25 + 2 * (images - 0.25))
+    assert torch.equal(high > 0, out > 0) and 1 < float(high.sum() / out.sum()) < 2
+    assert not bool(((out[:, :3] > 0) & (out[:, 3:] > 0)).any())
