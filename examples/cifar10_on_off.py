@@ -33,6 +33,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from readout_probe import probe_accuracy
 from smoothed_transfer import smoothed
 from torch import Tensor, nn
 
@@ -46,9 +47,7 @@ from bioplausible_lightning import (
     SoftWinnerTakeAll,
 )
 from bioplausible_lightning.data import ImageFolderDataModule, PreloadedDataModule
-from bioplausible_lightning.evaluation._common import collect
-from bioplausible_lightning.evaluation.fewshot import logistic_regression, unit_norm
-from bioplausible_lightning.evaluation.report import _sample
+from bioplausible_lightning.evaluation.report import _sample, accuracy
 from bioplausible_lightning.evaluation.robustness import AttackConfig, evaluate_robustness
 from bioplausible_lightning.evaluation.training import fit
 
@@ -74,33 +73,22 @@ def build(
 ) -> L.LightningModule:
     """The rule on the front end's MLP; ``backprop``: ``"same"`` trains the same network by
     backprop (Adam 1e-3), ``"relu"`` a plain ReLU MLP of the same width on the front end."""
-    soft = SoftWinnerTakeAll(0.0, 0.2, total_activity=1.0)
-    activation = nn.ReLU() if backprop == "relu" else soft
+    if backprop == "relu":
+        activation: nn.Module = nn.ReLU()
+    else:
+        activation = SoftWinnerTakeAll(0.0, 0.2, total_activity=1.0)
     mlp = HebbianMLP((6, 32, 32), 10, [2000], init="torch", seed=0, activation=activation)
+    net = nn.Sequential(ContrastOnOff(gain), mlp)
     if backprop is not None:
-        return BackpropModule(nn.Sequential(ContrastOnOff(gain), mlp),
-                              optimizer=functools.partial(torch.optim.Adam, lr=1e-3))  # fmt: skip
+        return BackpropModule(net, optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
     rule = HebbianPerturbation(
         CompetitiveHebbian(lr=0.3, competition="soft", temperature=1 / 12, homeostasis=0.01,
                            adaptive_rate=True, similarity="dot"),  # fmt: skip
         NodePerturbation(sigma=0.05, num_directions=8, seed=0, replicate_at="first_target"),
         readout_start=label_free_epochs * steps_per_epoch,
     )
-    return PerturbationModule(nn.Sequential(ContrastOnOff(gain), mlp), rule=rule,
-                              optimizer=functools.partial(torch.optim.Adam, lr=0.01))  # fmt: skip
-
-
-@torch.no_grad()
-def code(model: nn.Sequential, x: Tensor) -> Tensor:
-    """The hidden layer's output (what the readout reads), in chunks."""
-    front, mlp = model[0], model[1]
-    out = []
-    for i in range(0, len(x), 500):
-        h = mlp.normalize(front(x[i : i + 500])).flatten(1)
-        for layer in list(mlp.layers)[:-1]:
-            h = layer(h)
-        out.append(h)
-    return torch.cat(out)
+    adam = functools.partial(torch.optim.Adam, lr=0.01)
+    return PerturbationModule(net, rule=rule, optimizer=adam)
 
 
 def main() -> None:
@@ -128,13 +116,9 @@ def main() -> None:
     module = build(args.gain, steps, args.label_free_epochs, args.backprop)
     fit(module, data, max_epochs=args.label_free_epochs + args.epochs, accelerator="cpu")
     model = module.model.eval()
-    x_train, y_train = collect(data.train_set)
-    x_test, y_test = collect(data.test_set)
-    with torch.no_grad():
-        logits = torch.cat([model(x_test[i : i + 500]) for i in range(0, len(x_test), 500)])
-    clean = float((logits.argmax(1) == y_test).float().mean())
-    head = logistic_regression(unit_norm(code(model, x_train)), y_train, 10)
-    probe = float((head(unit_norm(code(model, x_test))).argmax(1) == y_test).float().mean())
+    clean = accuracy(model, data.test_set)
+    # protocol (c)'s readout on the code (the readout's input), fitted on every training image
+    probe = probe_accuracy(model, data.train_set, data.test_set, 10, 1e-4, unit_length=True)
     x, y = _sample(data, args.samples, 0)
     eps = [2 / 255, 4 / 255, 8 / 255, 16 / 255]
     res = evaluate_robustness(model, (x, y), eps, ["fgsm", "pgd", "square"],
