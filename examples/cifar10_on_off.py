@@ -19,7 +19,13 @@ crafted on a copy with 5x the activation temperature (``examples/smoothed_transf
 adaptive check for gradient masking).  About 4 min on 2 cores.  `--backprop same` trains
 the same network by backprop instead, `--backprop relu` a ReLU MLP behind the front end.
 
+``--kernel K --stride S --units U`` gives the layer local receptive fields instead: a plain
+``Conv2d`` of ``U`` units on ``K`` × ``K`` patches, the same competition across its channels
+at every position, and the readout on every position's code (no pooling).
+
     python examples/cifar10_on_off.py --out docs/results/cifar10/on_off.json
+    python examples/cifar10_on_off.py --kernel 16 --stride 4 --units 500 \
+        --out docs/results/cifar10/on_off_local.json
 """
 
 from __future__ import annotations
@@ -68,17 +74,40 @@ class ContrastOnOff(nn.Module):
         return torch.cat([F.relu(c), F.relu(-c)], dim=1)
 
 
+def local_layer(units: int, kernel: int, stride: int, activation: nn.Module) -> nn.Sequential:
+    """One plain ``Conv2d`` (default init, no bias) of ``kernel`` × ``kernel`` receptive
+    fields at ``stride``, the activation across its channels at every position, and a linear
+    readout of every position's code: the MLP's layer with local receptive fields."""
+    side = (32 - kernel) // stride + 1
+    if side < 1:
+        raise ValueError(f"kernel={kernel!r} is invalid: give 1 to 32 (a CIFAR-10 image's width).")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, units, kernel, stride, bias=False)
+    return nn.Sequential(conv, activation, nn.Flatten(), nn.Linear(units * side * side, 10))
+
+
 def build(
-    gain: float, steps_per_epoch: int, label_free_epochs: int, backprop: str | None = None
+    gain: float,
+    steps_per_epoch: int,
+    label_free_epochs: int,
+    backprop: str | None = None,
+    kernel: int | None = None,
+    stride: int = 4,
+    units: int = 2000,
 ) -> L.LightningModule:
-    """The rule on the front end's MLP; ``backprop``: ``"same"`` trains the same network by
-    backprop (Adam 1e-3), ``"relu"`` a plain ReLU MLP of the same width on the front end."""
+    """The rule on the front end's MLP (``kernel=None``) or on its layer with local receptive
+    fields (:func:`local_layer`); ``backprop``: ``"same"`` trains the same network by
+    backprop (Adam 1e-3), ``"relu"`` the same layer with ReLU units on the front end."""
     if backprop == "relu":
         activation: nn.Module = nn.ReLU()
     else:
         activation = SoftWinnerTakeAll(0.0, 0.2, total_activity=1.0)
-    mlp = HebbianMLP((6, 32, 32), 10, [2000], init="torch", seed=0, activation=activation)
-    net = nn.Sequential(ContrastOnOff(gain), mlp)
+    if kernel is None:
+        layer: nn.Module = HebbianMLP((6, 32, 32), 10, [units], init="torch", seed=0,
+                                      activation=activation)  # fmt: skip
+    else:
+        layer = local_layer(units, kernel, stride, activation)
+    net = nn.Sequential(ContrastOnOff(gain), layer)
     if backprop is not None:
         return BackpropModule(net, optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
     rule = HebbianPerturbation(
@@ -101,6 +130,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backprop", choices=("same", "relu"), default=None,
                    help="the baseline: backprop on the same network, or on a ReLU MLP")
+    p.add_argument("--units", type=int, default=2000, help="hidden units (channels)")
+    p.add_argument("--kernel", type=int, default=None,
+                   help="local receptive fields of this size (default: the whole image)")
+    p.add_argument("--stride", type=int, default=4, help="their stride, with --kernel")
+    p.add_argument("--eps", type=float, nargs="+", default=[2, 4, 8, 16], help="in /255")
+    p.add_argument("--attacks", nargs="+", default=["fgsm", "pgd", "square"])
+    p.add_argument("--no-adaptive", action="store_true",
+                   help="skip the softened-copy transfer check (a quicker screening run)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if not (Path(args.data_dir) / "train").exists():
@@ -113,28 +150,30 @@ def main() -> None:
     data.setup("fit")
     steps = -(-len(data.train_set) // 32)
     L.seed_everything(0, verbose=False)
-    module = build(args.gain, steps, args.label_free_epochs, args.backprop)
+    module = build(args.gain, steps, args.label_free_epochs, args.backprop, args.kernel,
+                   args.stride, args.units)  # fmt: skip
     fit(module, data, max_epochs=args.label_free_epochs + args.epochs, accelerator="cpu")
     model = module.model.eval()
     clean = accuracy(model, data.test_set)
     # protocol (c)'s readout on the code (the readout's input), fitted on every training image
     probe = probe_accuracy(model, data.train_set, data.test_set, 10, 1e-4, unit_length=True)
     x, y = _sample(data, args.samples, 0)
-    eps = [2 / 255, 4 / 255, 8 / 255, 16 / 255]
-    res = evaluate_robustness(model, (x, y), eps, ["fgsm", "pgd", "square"],
+    eps = [e / 255 for e in args.eps]
+    res = evaluate_robustness(model, (x, y), eps, args.attacks,
                               AttackConfig(square_queries=500))  # fmt: skip
     report = {"settings": vars(args), "clean_test_accuracy": clean, "linear_probe": probe,
               "robustness": res.to_dict()}  # fmt: skip
     rows = dict(res.accuracy)
-    if args.backprop != "relu":  # a soft winner-take-all code: the adaptive check too
+    if args.backprop != "relu" and not args.no_adaptive:  # a soft WTA code: the adaptive check
         adaptive = evaluate_robustness(model, (x, y), eps, ["transfer"], AttackConfig(),
                                        source_model=smoothed(model, 5.0),
                                        source_name="5x activation temperature")  # fmt: skip
         report["smoothed_transfer"] = adaptive.to_dict()
         rows["smoothed x5 transfer"] = adaptive.accuracy["transfer"]
     report["seconds"] = round(time.time() - t0)
+    at = ", ".join(f"{e:g}" for e in args.eps)
     print(f"clean {clean:.3f} (2,000 test images), probe {probe:.3f}; on {len(y)} images "
-          f"(clean {res.clean_accuracy:.3f}) at ε = 2, 4, 8, 16 /255:")  # fmt: skip
+          f"(clean {res.clean_accuracy:.3f}) at ε = {at} /255:")  # fmt: skip
     for name, acc in rows.items():
         print(f"  {name}: {[round(a, 3) for a in acc]}")
     if args.out:

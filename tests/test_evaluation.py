@@ -769,3 +769,27 @@ def test_the_smoothed_copy_softens_only_the_code_and_the_front_end_is_contrast_o
     high = front(0.25 + 2 * (images - 0.25))
     assert torch.equal(high > 0, out > 0) and 1 < float(high.sum() / out.sum()) < 2
     assert not bool(((out[:, :3] > 0) & (out[:, 3:] > 0)).any())
+
+
+def test_the_on_off_script_gives_the_rule_a_local_layer_and_refuses_a_kernel_too_large():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        script = _load_example("cifar10_on_off")
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    module = script.build(0.16, 10, 1, kernel=16, stride=4, units=8)
+    net = module.model
+    hebbian, readout = module.rule.parts(net)
+    # the rule learns the 16 x 16 receptive fields; the perturbation readout sees all 5 x 5
+    # positions' codes
+    ((name, conv),) = hebbian.targets(net)
+    assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (16, 16) and conv.stride == (4, 4)
+    ((_, head),) = readout.targets(net)
+    assert isinstance(head, nn.Linear) and head.in_features == 8 * 5 * 5
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    relu = script.build(0.16, 10, 1, backprop="relu", kernel=16, stride=4, units=8)
+    assert any(isinstance(m, nn.ReLU) for m in relu.model.modules())
+    with pytest.raises(ValueError, match="kernel=40 is invalid"):
+        script.build(0.16, 10, 1, kernel=40)
