@@ -74,14 +74,16 @@ class ContrastOnOff(nn.Module):
         return torch.cat([F.relu(c), F.relu(-c)], dim=1)
 
 
-def local_layer(units: int, kernel: int, stride: int, activation: nn.Module) -> nn.Sequential:
+def local_layer(
+    units: int, kernel: int, stride: int, activation: nn.Module, seed: int = 0
+) -> nn.Sequential:
     """One plain ``Conv2d`` (default init, no bias) of ``kernel`` × ``kernel`` receptive
     fields at ``stride``, the activation across its channels at every position, and a linear
     readout of every position's code: the MLP's layer with local receptive fields."""
     side = (32 - kernel) // stride + 1
     if side < 1:
         raise ValueError(f"kernel={kernel!r} is invalid: give 1 to 32 (a CIFAR-10 image's width).")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     conv = nn.Conv2d(6, units, kernel, stride, bias=False)
     return nn.Sequential(conv, activation, nn.Flatten(), nn.Linear(units * side * side, 10))
 
@@ -94,6 +96,7 @@ def build(
     kernel: int | None = None,
     stride: int = 4,
     units: int = 2000,
+    seed: int = 0,
 ) -> L.LightningModule:
     """The rule on the front end's MLP (``kernel=None``) or on its layer with local receptive
     fields (:func:`local_layer`); ``backprop``: ``"same"`` trains the same network by
@@ -103,17 +106,17 @@ def build(
     else:
         activation = SoftWinnerTakeAll(0.0, 0.2, total_activity=1.0)
     if kernel is None:
-        layer: nn.Module = HebbianMLP((6, 32, 32), 10, [units], init="torch", seed=0,
+        layer: nn.Module = HebbianMLP((6, 32, 32), 10, [units], init="torch", seed=seed,
                                       activation=activation)  # fmt: skip
     else:
-        layer = local_layer(units, kernel, stride, activation)
+        layer = local_layer(units, kernel, stride, activation, seed)
     net = nn.Sequential(ContrastOnOff(gain), layer)
     if backprop is not None:
         return BackpropModule(net, optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
     rule = HebbianPerturbation(
         CompetitiveHebbian(lr=0.3, competition="soft", temperature=1 / 12, homeostasis=0.01,
                            adaptive_rate=True, similarity="dot"),  # fmt: skip
-        NodePerturbation(sigma=0.05, num_directions=8, seed=0, replicate_at="first_target"),
+        NodePerturbation(sigma=0.05, num_directions=8, seed=seed, replicate_at="first_target"),
         readout_start=label_free_epochs * steps_per_epoch,
     )
     adam = functools.partial(torch.optim.Adam, lr=0.01)
@@ -138,6 +141,8 @@ def main() -> None:
     p.add_argument("--attacks", nargs="+", default=["fgsm", "pgd", "square"])
     p.add_argument("--no-adaptive", action="store_true",
                    help="skip the softened-copy transfer check (a quicker screening run)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the network's, the rule's and the run's seed (the split stays seed 0)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if not (Path(args.data_dir) / "train").exists():
@@ -149,9 +154,9 @@ def main() -> None:
         ImageFolderDataModule(args.data_dir, batch_size=32, seed=0))  # fmt: skip
     data.setup("fit")
     steps = -(-len(data.train_set) // 32)
-    L.seed_everything(0, verbose=False)
+    L.seed_everything(args.seed, verbose=False)
     module = build(args.gain, steps, args.label_free_epochs, args.backprop, args.kernel,
-                   args.stride, args.units)  # fmt: skip
+                   args.stride, args.units, args.seed)  # fmt: skip
     fit(module, data, max_epochs=args.label_free_epochs + args.epochs, accelerator="cpu")
     model = module.model.eval()
     clean = accuracy(model, data.test_set)
