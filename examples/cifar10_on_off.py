@@ -177,8 +177,8 @@ def main() -> None:
         rows["smoothed x5 transfer"] = adaptive.accuracy["transfer"]
     report["seconds"] = round(time.time() - t0)
     at = ", ".join(f"{e:g}" for e in args.eps)
-    print(f"clean {clean:.3f} (2,000 test images), probe {probe:.3f}; on {len(y)} images "
-          f"(clean {res.clean_accuracy:.3f}) at ε = {at} /255:")  # fmt: skip
+    print(f"clean {clean:.3f} ({len(data.test_set):,} test images), probe {probe:.3f}; "
+          f"on {len(y)} images (clean {res.clean_accuracy:.3f}) at ε = {at} /255:")  # fmt: skip
     for name, acc in rows.items():
         print(f"  {name}: {[round(a, 3) for a in acc]}")
     if args.out:

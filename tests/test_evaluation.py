@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -363,9 +364,16 @@ def test_representation_report_per_hidden_layer(digits):
 
 # -- the one command ---------------------------------------------------------------------
 def _load_example(name: str):
+    """An example script as a module; examples/ is on sys.path while it loads, as when it
+    runs as a script (some import their siblings, e.g. ``cifar10_on_off``)."""
+    examples = str(ROOT / "examples")
     spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, examples)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(examples)
     return module
 
 
@@ -738,8 +746,6 @@ def test_peer_activations_count_as_hidden_layers():
 
 
 def test_the_smoothed_copy_softens_only_the_code_and_the_front_end_is_contrast_only():
-    import sys
-
     from bioplausible_lightning import HebbianMLP, SoftWinnerTakeAll
 
     smoothed = _load_example("smoothed_transfer").smoothed
@@ -754,11 +760,7 @@ def test_the_smoothed_copy_softens_only_the_code_and_the_front_end_is_contrast_o
     assert not torch.allclose(soft(x), model(x))
     with pytest.raises(ValueError, match="SoftWinnerTakeAll"):
         smoothed(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), 5.0)
-    sys.path.insert(0, str(ROOT / "examples"))  # cifar10_on_off imports smoothed_transfer
-    try:
-        front = _load_example("cifar10_on_off").ContrastOnOff(gain=0.16)
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
+    front = _load_example("cifar10_on_off").ContrastOnOff(gain=0.16)
     images = torch.rand(3, 3, 32, 32) * 0.5
     out = front(images)
     assert out.shape == (3, 6, 32, 32) and bool((out >= 0).all())
@@ -772,19 +774,13 @@ def test_the_smoothed_copy_softens_only_the_code_and_the_front_end_is_contrast_o
 
 
 def test_the_on_off_script_gives_the_rule_a_local_layer_and_refuses_a_kernel_too_large():
-    import sys
-
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        script = _load_example("cifar10_on_off")
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
+    script = _load_example("cifar10_on_off")
     module = script.build(0.16, 10, 1, kernel=16, stride=4, units=8)
     net = module.model
     hebbian, readout = module.rule.parts(net)
     # the rule learns the 16 x 16 receptive fields; the perturbation readout sees all 5 x 5
     # positions' codes
-    ((name, conv),) = hebbian.targets(net)
+    ((_, conv),) = hebbian.targets(net)
     assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (16, 16) and conv.stride == (4, 4)
     ((_, head),) = readout.targets(net)
     assert isinstance(head, nn.Linear) and head.in_features == 8 * 5 * 5
