@@ -18,9 +18,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 import pytest
@@ -50,7 +52,10 @@ LAUNCHER_VARIABLES = ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "
 class DDPJob:
     """This script's job (:func:`main`) in a child process, niced, in a session of its own
     with the processes it starts. ``conftest.py`` starts it at collection and runs the tests
-    that read it last, so its process start-ups and tiny fits overlap the rest of the suite."""
+    that read it last, so its process start-ups and tiny fits overlap the rest of the suite.
+    A thread writes the job's exit code to ``OUT/exit_code`` when it ends, so that a test
+    process other than the one that started it (a pytest-xdist worker) can wait for it too
+    (:func:`job_results`)."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -64,24 +69,52 @@ class DDPJob:
                 [sys.executable, str(Path(__file__).resolve()), str(out)], env=env,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
+        threading.Thread(target=self._record_exit, daemon=True).start()
+
+    def _record_exit(self) -> None:
+        code = self.process.wait()
+        (self.out / "exit_code.tmp").write_text(str(code))
+        (self.out / "exit_code.tmp").replace(self.out / "exit_code")  # whole, or not there
 
     def results(self, timeout: float = 400) -> dict[str, Any]:
         """Wait for the job; its results, or a test failure with the end of its log."""
         try:
-            code: int | str = self.process.wait(timeout)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.stop()
-            code = f"killed after {timeout} s"
-        if code != 0 or not (self.out / "results.pt").exists():
-            log = (self.out / "job.log").read_text(errors="replace")
-            pytest.fail(f"the 2-process job failed (rc={code}):\n{log[-6000:]}")
-        return torch.load(self.out / "results.pt", weights_only=False)
+            _fail(self.out, f"killed after {timeout:g} s")
+        return job_results(self.out, timeout=10)  # its exit code is being written
 
     def stop(self) -> None:
         """Kill the job and its processes if they still run (an interrupted suite)."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+def job_results(out: Path, timeout: float = 400) -> dict[str, Any]:
+    """Wait until the job writing to ``out`` has ended (its ``exit_code``); its results, or a
+    test failure with the end of its log."""
+    deadline = time.monotonic() + timeout
+    while not (out / "exit_code").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    code = (out / "exit_code").read_text() if (out / "exit_code").exists() else None
+    if code != "0" or not (out / "results.pt").exists():
+        _fail(out, f"rc={code}" if code is not None else f"not ended after {timeout:g} s")
+    return torch.load(out / "results.pt", weights_only=False)
+
+
+def _fail(out: Path, status: str) -> NoReturn:
+    log = out / "job.log"
+    text = log.read_text(errors="replace") if log.exists() else "(no log: it never started)"
+    pytest.fail(f"the 2-process job failed ({status}):\n{text[-6000:]}")
+
+
+def ddp_job_folder(config: pytest.Config) -> Path | None:
+    """Where a pytest-xdist worker finds the job its controller started (``conftest.py``);
+    None outside pytest-xdist."""
+    folder = getattr(config, "workerinput", {}).get("bioplausible_ddp_job")
+    return None if folder is None else Path(folder)
 
 
 #: Where ``conftest.py`` keeps the job it started for this test session.

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from _ddp_cases import CASES, DDP_JOB, DDPJob, run_case
+from _ddp_cases import CASES, DDP_JOB, DDPJob, ddp_job_folder, job_results, run_case
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch import nn
 from torch.nn.utils import parametrize
@@ -32,11 +32,17 @@ from bioplausible_lightning.data import DistributedEpochSeededSampler, EpochSeed
 from bioplausible_lightning.distributed import Reducer, all_reduce_mean_
 from bioplausible_lightning.losses import cross_entropy
 
+# pytest-xdist: one worker runs them all (the one-process fits they share are computed once)
+pytestmark = pytest.mark.xdist_group("ddp")
+
 
 @pytest.fixture(scope="module")
 def ddp(request, tmp_path_factory):
     """What the job of ``_ddp_cases.py`` saved: every case fitted on 2 processes under
     ``ddp``, and one ``ddp_spawn`` fit."""
+    folder = ddp_job_folder(request.config)  # started by pytest-xdist's controller
+    if folder is not None:
+        return job_results(folder)
     job = request.config.stash.get(DDP_JOB, None)  # started by conftest.py at collection
     return (job or DDPJob(tmp_path_factory.mktemp("ddp"))).results()
 
