@@ -22,6 +22,8 @@ the same network by backprop instead, `--backprop relu` a ReLU MLP behind the fr
 ``--kernel K --stride S --units U`` gives the layer local receptive fields instead: a plain
 ``Conv2d`` of ``U`` units on ``K`` × ``K`` patches, the same competition across its channels
 at every position, and the readout on every position's code (no pooling).
+``--temperature T`` sets the code's softmax temperature (default 0.2) for the rule and the
+backprop baseline alike; the rule's competition keeps its own (1/12).
 
     python examples/cifar10_on_off.py --out docs/results/cifar10/on_off.json
     python examples/cifar10_on_off.py --kernel 16 --stride 4 --units 500 \
@@ -97,14 +99,16 @@ def build(
     stride: int = 4,
     units: int = 2000,
     seed: int = 0,
+    temperature: float = 0.2,
 ) -> L.LightningModule:
     """The rule on the front end's MLP (``kernel=None``) or on its layer with local receptive
     fields (:func:`local_layer`); ``backprop``: ``"same"`` trains the same network by
-    backprop (Adam 1e-3), ``"relu"`` the same layer with ReLU units on the front end."""
+    backprop (Adam 1e-3), ``"relu"`` the same layer with ReLU units on the front end;
+    ``temperature``: the code's softmax temperature (the rule's competition keeps its own)."""
     if backprop == "relu":
         activation: nn.Module = nn.ReLU()
     else:
-        activation = SoftWinnerTakeAll(0.0, 0.2, total_activity=1.0)
+        activation = SoftWinnerTakeAll(0.0, temperature, total_activity=1.0)
     if kernel is None:
         layer: nn.Module = HebbianMLP((6, 32, 32), 10, [units], init="torch", seed=seed,
                                       activation=activation)  # fmt: skip
@@ -137,6 +141,8 @@ def main() -> None:
     p.add_argument("--kernel", type=int, default=None,
                    help="local receptive fields of this size (default: the whole image)")
     p.add_argument("--stride", type=int, default=4, help="their stride, with --kernel")
+    p.add_argument("--temperature", type=float, default=0.2,
+                   help="the code's softmax temperature (the readout's input)")
     p.add_argument("--eps", type=float, nargs="+", default=[2, 4, 8, 16], help="in /255")
     p.add_argument("--attacks", nargs="+", default=["fgsm", "pgd", "square"])
     p.add_argument("--no-adaptive", action="store_true",
@@ -156,7 +162,7 @@ def main() -> None:
     steps = -(-len(data.train_set) // 32)
     L.seed_everything(args.seed, verbose=False)
     module = build(args.gain, steps, args.label_free_epochs, args.backprop, args.kernel,
-                   args.stride, args.units, args.seed)  # fmt: skip
+                   args.stride, args.units, args.seed, args.temperature)  # fmt: skip
     fit(module, data, max_epochs=args.label_free_epochs + args.epochs, accelerator="cpu")
     model = module.model.eval()
     clean = accuracy(model, data.test_set)

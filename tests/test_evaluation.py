@@ -774,6 +774,8 @@ def test_the_smoothed_copy_softens_only_the_code_and_the_front_end_is_contrast_o
 
 
 def test_the_on_off_script_gives_the_rule_a_local_layer_and_refuses_a_kernel_too_large():
+    from bioplausible_lightning import SoftWinnerTakeAll
+
     script = _load_example("cifar10_on_off")
     module = script.build(0.16, 10, 1, kernel=16, stride=4, units=8)
     net = module.model
@@ -787,5 +789,12 @@ def test_the_on_off_script_gives_the_rule_a_local_layer_and_refuses_a_kernel_too
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     relu = script.build(0.16, 10, 1, backprop="relu", kernel=16, stride=4, units=8)
     assert any(isinstance(m, nn.ReLU) for m in relu.model.modules())
+    # --temperature sets the code's softmax, for the rule and the backprop baseline alike;
+    # the rule's competition keeps its own temperature
+    for backprop in (None, "same"):
+        soft = script.build(0.16, 10, 1, backprop, kernel=16, units=8, temperature=0.5)
+        (code,) = [m for m in soft.model.modules() if isinstance(m, SoftWinnerTakeAll)]
+        assert code.temperature == 0.5
+    assert script.build(0.16, 10, 1, temperature=0.5).rule.hebbian.temperature == 1 / 12
     with pytest.raises(ValueError, match="kernel=40 is invalid"):
         script.build(0.16, 10, 1, kernel=40)
