@@ -26,7 +26,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     single-threaded; past 4, the workers' start-ups and module fixtures cost more than they
     save). ``PYTEST_XDIST_AUTO_NUM_WORKERS`` or ``-n N`` choose otherwise, ``-n 0`` runs
     the suite in one process."""
-    return max(1, min(len(os.sched_getaffinity(0)), 4))
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None  # Linux
+    return max(1, min(len(usable) if usable else os.cpu_count() or 1, 4))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
